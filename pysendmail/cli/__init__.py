@@ -1,0 +1,1 @@
+"""cli role (see docs/ARCHITECTURE.md)."""

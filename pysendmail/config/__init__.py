@@ -1,0 +1,1 @@
+"""config role (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""daemon role (see docs/ARCHITECTURE.md)."""

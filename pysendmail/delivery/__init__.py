@@ -1,0 +1,1 @@
+"""delivery role (see docs/ARCHITECTURE.md)."""

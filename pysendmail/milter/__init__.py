@@ -1,0 +1,1 @@
+"""milter role (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""proto role (see docs/ARCHITECTURE.md)."""

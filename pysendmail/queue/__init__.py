@@ -1,0 +1,1 @@
+"""queue role (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,246 @@
+"""The spool: the one durable hand-off between roles.
+
+Layout of `<spool>/queue/` (Sendmail's names, so sysadmins recognise them):
+    dfID    the message body, written once, never changed
+    tfID    a control file being written (state: incoming)
+    qfID    the control file of a queued message (ready, or deferred until its W time)
+    hfID    the control file of a held (quarantined) message
+    QfID    a control file that failed to parse, set aside for a person (lost)
+    jfID.N  a delivery journal entry for recipient N (see delivery.journal)
+
+Commit protocol (OpenSMTPD queue_fs.c, Postfix mail_queue.c): write dfID and
+fsync it; write tfID, fsync it, rename it to qfID, fsync the directory. Only
+then may the caller hear success. Every later rewrite of a control file goes
+through the same tf -> rename -> fsync-dir step, so a crash leaves either the
+old or the new file, never a torn one.
+
+A message is locked by an exclusive flock on its dfID (which is never
+replaced), so two queue runs never deliver the same message. The lock dies
+with its process: `kill -9` frees it.
+
+Imports only os/fcntl/time: submission goes through here on every message.
+"""
+import fcntl
+import os
+import time
+
+from ..errors import QueueError
+from . import qfile
+
+QUEUE_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
+STATE_PREFIX = {"qf": "queued", "hf": "held", "tf": "incoming", "Qf": "lost"}
+
+
+def make_qid(now, pid, seq):
+    """A Sendmail-style queue id: year, month, day, hour, minute, second, two
+    sequence characters, then the pid in six digits (e.g. 6AQEjQR0019689)."""
+    t = time.gmtime(now)
+    c = QUEUE_ID_CHARS
+    return "%s%s%s%s%s%s%s%s%06d" % (
+        c[(t.tm_year - 1900) % 60], c[t.tm_mon - 1], c[t.tm_mday], c[t.tm_hour],
+        c[t.tm_min], c[t.tm_sec], c[(seq // 60) % 60], c[seq % 60], pid % 1000000)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path, data, mode=0o600):
+    """Write bytes to `path` through a temp file, fsync, rename, fsync the directory."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, ".tmp.%d.%s" % (os.getpid(), name))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(directory)
+
+
+class Spool:
+    """One spool directory. All paths and file operations on the queue go through here."""
+
+    def __init__(self, path):
+        self.path = path
+
+    # -- paths ---------------------------------------------------------------------------
+    def df(self, qid):
+        return os.path.join(self.path, "df" + qid)
+
+    def qf(self, qid):
+        return os.path.join(self.path, "qf" + qid)
+
+    def hf(self, qid):
+        return os.path.join(self.path, "hf" + qid)
+
+    def control_path(self, qid):
+        """The qf or hf file of `qid`, whichever exists (None if neither)."""
+        for path in (self.qf(qid), self.hf(qid)):
+            if os.path.exists(path):
+                return path
+        return None
+
+    def ensure(self, mode=0o700):
+        if not os.path.isdir(self.path):
+            try:
+                os.makedirs(self.path, mode)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise QueueError("cannot create queue directory %s: %s" % (self.path, e.strerror))
+
+    # -- submission ------------------------------------------------------------------------
+    def allocate(self, now=None):
+        """Create a new, locked, empty dfID. Returns (qid, fd) with the fd open for writing."""
+        now = int(now if now is not None else time.time())
+        pid = os.getpid()
+        seq = int.from_bytes(os.urandom(2), "big") % 3600
+        for _ in range(3600):
+            qid = make_qid(now, pid, seq)
+            try:
+                fd = os.open(self.df(qid), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                seq = (seq + 1) % 3600
+                continue
+            except OSError as e:
+                raise QueueError("cannot create %s: %s" % (self.df(qid), e.strerror))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return qid, fd
+        raise QueueError("no free queue id in %s" % self.path)
+
+    def commit(self, env, df_fd):
+        """Make a message durable: fsync its body, write its control file, fsync the directory.
+        After this returns, and only then, may the submitter report success."""
+        try:
+            os.fsync(df_fd)
+            self._write_control(self.qf(env.qid), env)
+        except OSError as e:
+            raise QueueError("cannot queue message: %s" % e.strerror)
+
+    def discard(self, qid, df_fd=None):
+        """Remove a message that was never committed (or is finished)."""
+        for path in (self.qf(qid), self.hf(qid), os.path.join(self.path, "tf" + qid), self.df(qid)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if df_fd is not None:
+            os.close(df_fd)
+
+    # -- control files ------------------------------------------------------------------------
+    def _write_control(self, path, env):
+        tf = os.path.join(self.path, "tf" + env.qid)
+        fd = os.open(tf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, qfile.dumps(env))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tf, path)
+        fsync_dir(self.path)
+
+    def save(self, env):
+        """Durably replace the control file of a queued message (qf, or hf while held)."""
+        path = self.hf(env.qid) if os.path.exists(self.hf(env.qid)) else self.qf(env.qid)
+        self._write_control(path, env)
+
+    def load(self, qid):
+        """The Envelope of `qid` (from qf or hf). Raises FileNotFoundError or qfile.FormatError."""
+        path = self.control_path(qid)
+        if path is None:
+            raise FileNotFoundError(self.qf(qid))
+        with open(path, "rb") as f:
+            env = qfile.loads(f.read())
+        if path == self.hf(qid) and not env.hold_reason:
+            env.hold_reason = "held"
+        return env
+
+    def remove(self, qid):
+        """Forget a finished message: control file first (so a crash leaves an orphan df,
+        which is harmless, never a qf without its body)."""
+        for path in (self.qf(qid), self.hf(qid)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        for name in os.listdir(self.path):
+            if name.startswith("jf" + qid + "."):
+                os.unlink(os.path.join(self.path, name))
+        try:
+            os.unlink(self.df(qid))
+        except FileNotFoundError:
+            pass
+        fsync_dir(self.path)
+
+    def hold(self, qid, reason):
+        env = self.load(qid)
+        env.hold_reason = reason or "held"
+        self._write_control(self.hf(qid), env)
+        try:
+            os.unlink(self.qf(qid))
+        except FileNotFoundError:
+            pass
+        fsync_dir(self.path)
+
+    def release(self, qid):
+        env = self.load(qid)
+        env.hold_reason = ""
+        self._write_control(self.qf(qid), env)
+        try:
+            os.unlink(self.hf(qid))
+        except FileNotFoundError:
+            pass
+        fsync_dir(self.path)
+
+    def set_aside(self, qid):
+        """Rename an unreadable qf to Qf (Sendmail's 'lost' queue file)."""
+        os.rename(self.qf(qid), os.path.join(self.path, "Qf" + qid))
+        fsync_dir(self.path)
+
+    # -- locking -----------------------------------------------------------------------------
+    def lock(self, qid, block=False):
+        """Lock message `qid` for delivery; returns the lock fd, or None if another
+        process holds it or the message is gone."""
+        try:
+            fd = os.open(self.df(qid), os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def is_locked(self, qid):
+        fd = self.lock(qid)
+        if fd is None:
+            return os.path.exists(self.df(qid))
+        os.close(fd)
+        return False
+
+    # -- listing -----------------------------------------------------------------------------
+    def entries(self, include_held=True):
+        """(qid, state) for every queued message, in directory order."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            prefix = name[:2]
+            if prefix == "qf" or (include_held and prefix == "hf"):
+                out.append((name[2:], STATE_PREFIX[prefix]))
+        return out
+
+    def body_size(self, qid):
+        try:
+            return os.stat(self.df(qid)).st_size
+        except FileNotFoundError:
+            return 0

@@ -1,0 +1,1 @@
+"""server role (see docs/ARCHITECTURE.md)."""

@@ -1,0 +1,30 @@
+"""pysendmail: a Sendmail-compatible mail transfer agent in Python.
+
+The commands (`sendmail`, `mailq`, `newaliases`, `pysendmail`) are installed as
+small scripts from `bin/` rather than as setuptools entry points: they start
+Python with `-I -S` and import only what the submission path needs, because cron
+and PHP pay the start-up cost on every message (see docs/ARCHITECTURE.md).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="pysendmail",
+    version="0.1.0",
+    description="A Sendmail-compatible mail transfer agent in Python",
+    long_description=__doc__,
+    python_requires=">=3.11",
+    packages=find_packages(include=["pysendmail", "pysendmail.*"]),
+    package_data={"pysendmail": ["data/*", "config/*.lark"]},
+    scripts=["bin/sendmail", "bin/mailq", "bin/newaliases", "bin/pysendmail"],
+    install_requires=[
+        "dnspython>=2.4",
+        "authres>=1.2",
+        "cryptography>=41",
+        "lark>=1.1",
+    ],
+    extras_require={
+        # pymilter compiles against libmilter-dev: only for writing milters and for tests.
+        "milter": ["pymilter>=1.0.5"],
+        "test": ["pytest>=7"],
+    },
+)
