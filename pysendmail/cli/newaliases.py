@@ -1,0 +1,54 @@
+"""`newaliases` and `sendmail -bi`: rebuild the alias database from the text file.
+
+Output follows Sendmail 8.17: the summary line ``PATH: N aliases, longest L bytes,
+T bytes total`` on stdout; each bad line as ``PATH: line N: MESSAGE`` on stderr (the
+rest is still built) and the exit status is then 70 (EX_SOFTWARE), as Sendmail's
+syserr() makes it. Duplicate names give ``Warning: duplicate alias name NAME`` on
+stdout. A missing or unreadable aliases file prints Sendmail's
+``newaliases: cannot open PATH: REASON`` and, as in Sendmail (message() does not set
+the exit status), exits 0 without touching an existing database. Failing to write
+the database prints ``Cannot create database for alias file PATH`` and exits 73.
+
+Security: runs as its caller; it writes only PATH.db next to the aliases file, by
+atomic rename, so the caller needs write access to that directory.
+"""
+import os
+import sys
+
+
+def main(argv, layout, options=None, stdout=None, stderr=None):
+    """Rebuild the aliases database; returns the exit status. `argv` is ignored
+    (Sendmail ignores newaliases' arguments too); the path comes from
+    options["AliasFile"] if set, else layout.aliases."""
+    from pysendmail import errors
+    from pysendmail.config import aliases
+
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    path = aliases.aliases_path(layout, options or {})
+    try:
+        parsed = aliases.parse_file(path)
+    except OSError as exc:
+        out.flush()
+        err.write(f"newaliases: cannot open {path}: {exc.strerror or exc}\n")
+        err.flush()
+        return errors.EX_OK
+    summary = parsed.summary
+    status = errors.EX_OK
+    for warning in summary.warnings:
+        out.write(warning + "\n")
+    out.flush()
+    for line in summary.errors:
+        err.write(line + "\n")
+        status = errors.EX_SOFTWARE
+    err.flush()
+    try:
+        mode = os.stat(path).st_mode & 0o644
+        aliases.write_db(aliases.db_path_for(path), parsed.aliases, mode or 0o600)
+    except OSError as exc:
+        err.write(f"Cannot create database for alias file {path}: {exc.strerror or exc}\n")
+        err.flush()
+        return errors.EX_CANTCREAT
+    out.write(summary.line() + "\n")
+    out.flush()
+    return status

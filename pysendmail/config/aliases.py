@@ -1,0 +1,381 @@
+"""The aliases file: Sendmail's text format, its statistics, and a fast-lookup database.
+
+Parsing follows Sendmail 8.17's readaliases():
+
+* a line is ``name: value``; a line that starts with a blank continues the previous one
+  (its text, blanks included, is appended with the newline removed); a line that ends
+  in a backslash is joined to the next one (backslash and newline removed);
+* lines that start with ``#`` and empty lines are skipped (``#`` elsewhere is data);
+* a non-continuation line starting with a blank, a line without a colon, an illegal
+  name and an empty value are errors, reported as ``FILE: line N: MESSAGE``; the other
+  entries are still built;
+* names are case-insensitive (keys are stored lower-cased); a repeated name gives
+  ``Warning: duplicate alias name NAME`` and the later definition wins, as with
+  Sendmail's hash maps;
+* the value is kept as written (after the colon's leading blanks); `split_value`
+  cuts it into addresses at commas outside quotes, <> and () comments.
+
+Statistics are Sendmail's: ``N aliases, longest L bytes, T bytes total`` where N counts
+stored entries (duplicates included), L is the longest value (RHS) in bytes and T the
+sum over entries of len(name) + len(value). The reference capture (8 aliases, longest 40,
+209 total) is reproduced by tests/test_aliases.py with a file whose lengths follow this
+rule (``team: root, carol@example.org, bob@example.net`` gives the 40-byte value).
+
+The database (PATH + ".db") is this module's own sorted-index file, read by binary
+search through mmap: ``PYSMADB1\\n``, a 4-byte entry count, then per entry four 4-byte
+big-endian numbers (key offset, key length, value offset, value length) sorted by key,
+then the key and value bytes. It is written to a temporary file, fsynced, renamed over
+the old one and the directory fsynced, so a reader sees the old or the new database,
+never a torn one. Only ``os`` is imported at module level.
+"""
+import os
+
+MAGIC = b"PYSMADB1\n"
+_ENC = "utf-8"
+_ERRS = "surrogateescape"
+
+
+class Summary:
+    """What a rebuild did: Sendmail's three numbers, error and warning lines."""
+
+    __slots__ = ("path", "count", "longest", "total", "errors", "warnings")
+
+    def __init__(self, path, count=0, longest=0, total=0, errors=None, warnings=None):
+        self.path = path
+        self.count = count
+        self.longest = longest
+        self.total = total
+        self.errors = errors if errors is not None else []
+        self.warnings = warnings if warnings is not None else []
+
+    def line(self):
+        """Sendmail's summary line."""
+        return (f"{self.path}: {self.count} aliases, longest {self.longest} bytes, "
+                f"{self.total} bytes total")
+
+    def __repr__(self):
+        return f"Summary({self.line()!r}, errors={len(self.errors)})"
+
+
+class Parsed:
+    """The result of parsing a text file: `aliases` maps lower-cased name -> value."""
+
+    __slots__ = ("aliases", "summary")
+
+    def __init__(self, aliases, summary):
+        self.aliases = aliases
+        self.summary = summary
+
+
+def _name_ok(name):
+    if not name:
+        return False
+    for ch in name:
+        if ch in ' \t<>()[],;:\\"' or ord(ch) < 32 or ord(ch) == 127:
+            return False
+    return True
+
+
+def parse_text(text, path="aliases"):
+    """Parse aliases text the way Sendmail's readaliases() does. Returns a `Parsed`."""
+    aliases = {}
+    summary = Summary(path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    n = len(lines)
+    i = 0
+    skipping = False
+
+    def error(lineno, msg):
+        summary.errors.append(f"{path}: line {lineno}: {msg}")
+
+    while i < n:
+        line = lines[i].rstrip("\r")
+        i += 1
+        lineno = i
+        # A trailing backslash joins the next physical line.
+        while line.endswith("\\") and i < n:
+            line = line[:-1] + lines[i].rstrip("\r")
+            i += 1
+            lineno = i
+        if line == "" or line[0] == "#":
+            skipping = False
+            continue
+        if line[0] in " \t":
+            if not skipping:
+                error(lineno, "Non-continuation line starts with space")
+            skipping = True
+            continue
+        skipping = False
+        colon = line.find(":")
+        if colon < 0:
+            error(lineno, "missing colon")
+            continue
+        lhs = line[:colon].strip()
+        if "@" in lhs:
+            # name@localhost style: the local part is the alias name.
+            lhs = lhs[:lhs.rfind("@")].strip()
+        if not _name_ok(lhs):
+            error(lineno, f"{line[:40]}... illegal alias name")
+            continue
+        rhs = line[colon + 1:].lstrip(" \t\r\n\v\f")
+        # Continuation lines: appended as they are, newline removed.
+        while i < n and lines[i][:1] in (" ", "\t"):
+            rhs += lines[i].rstrip("\r")
+            i += 1
+            lineno = i
+        if lhs.lower() == "postmaster":
+            lhs = "postmaster"
+        if rhs.strip(" \t\r\n\v\f") == "":
+            error(lineno, f"{lhs[:40]}... missing value for alias")
+            continue
+        key = lhs.lower()
+        if key in aliases:
+            summary.warnings.append(f"Warning: duplicate alias name {key}")
+        aliases[key] = rhs
+        size = len(rhs.encode(_ENC, _ERRS))
+        summary.count += 1
+        summary.total += len(lhs.encode(_ENC, _ERRS)) + size
+        if size > summary.longest:
+            summary.longest = size
+    return Parsed(aliases, summary)
+
+
+def parse_file(path):
+    """Parse the aliases file at `path` (OSError if it cannot be read)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return parse_text(data.decode(_ENC, _ERRS), path)
+
+
+def split_value(value):
+    """Cut an alias value into its addresses: commas split except inside "quotes",
+    <angle brackets> or (comments); backslash escapes the next character."""
+    items = []
+    cur = []
+    quote = False
+    angle = 0
+    paren = 0
+    esc = False
+    for ch in value:
+        if esc:
+            cur.append(ch)
+            esc = False
+            continue
+        if ch == "\\":
+            cur.append(ch)
+            esc = True
+            continue
+        if quote:
+            cur.append(ch)
+            if ch == '"':
+                quote = False
+            continue
+        if ch == '"' and not paren:
+            quote = True
+        elif ch == "(":
+            paren += 1
+        elif ch == ")" and paren:
+            paren -= 1
+        elif ch == "<" and not paren:
+            angle += 1
+        elif ch == ">" and angle and not paren:
+            angle -= 1
+        elif ch in ",\n" and not angle and not paren:
+            item = "".join(cur).strip(" \t\r\n")
+            if item:
+                items.append(item)
+            cur = []
+            continue
+        cur.append(ch)
+    item = "".join(cur).strip(" \t\r\n")
+    if item:
+        items.append(item)
+    return items
+
+
+# -- database ---------------------------------------------------------------------
+
+def db_path_for(path):
+    return path + ".db"
+
+
+def _encode_db(aliases):
+    import struct
+    keys = sorted((k.encode(_ENC, _ERRS), v.encode(_ENC, _ERRS)) for k, v in aliases.items())
+    head = len(MAGIC) + 4 + 16 * len(keys)
+    index = []
+    blob = []
+    off = head
+    for k, v in keys:
+        index.append(struct.pack(">IIII", off, len(k), off + len(k), len(v)))
+        blob.append(k)
+        blob.append(v)
+        off += len(k) + len(v)
+    return b"".join([MAGIC, struct.pack(">I", len(keys))] + index + blob)
+
+
+def write_db(db_path, aliases, mode=0o644):
+    """Write the database atomically: temp file, fsync, rename, fsync the directory."""
+    data = _encode_db(aliases)
+    directory = os.path.dirname(os.path.abspath(db_path))
+    tmp = f"{db_path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                done = os.write(fd, view)
+                view = view[done:]
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, db_path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def rebuild(path, db_path=None):
+    """Parse the text file at `path` and write its database; returns the `Summary`.
+
+    Bad lines are reported in summary.errors and skipped; the rest is built.
+    OSError propagates if the text file cannot be read or the database written."""
+    parsed = parse_file(path)
+    mode = 0o644
+    try:
+        mode = os.stat(path).st_mode & 0o644
+    except OSError:
+        pass
+    write_db(db_path or db_path_for(path), parsed.aliases, mode or 0o600)
+    return parsed.summary
+
+
+def db_get(db_path, name):
+    """Look `name` up in a database file; the value string or None. OSError if absent;
+    ValueError if the file is not a database of this format."""
+    import mmap
+    import struct
+    key = name.lower().encode(_ENC, _ERRS)
+    with open(db_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < len(MAGIC) + 4:
+            raise ValueError(f"{db_path}: not an alias database")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m[:len(MAGIC)] != MAGIC:
+                raise ValueError(f"{db_path}: not an alias database")
+            (count,) = struct.unpack_from(">I", m, len(MAGIC))
+            base = len(MAGIC) + 4
+            if base + 16 * count > size:
+                raise ValueError(f"{db_path}: truncated alias database")
+            lo, hi = 0, count
+            while lo < hi:
+                mid = (lo + hi) // 2
+                koff, klen, voff, vlen = struct.unpack_from(">IIII", m, base + 16 * mid)
+                k = m[koff:koff + klen]
+                if k == key:
+                    return m[voff:voff + vlen].decode(_ENC, _ERRS)
+                if k < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+    return None
+
+
+def db_items(db_path):
+    """All (name, value) pairs of a database, in key order."""
+    import struct
+    with open(db_path, "rb") as f:
+        data = f.read()
+    if data[:len(MAGIC)] != MAGIC:
+        raise ValueError(f"{db_path}: not an alias database")
+    (count,) = struct.unpack_from(">I", data, len(MAGIC))
+    base = len(MAGIC) + 4
+    out = []
+    for i in range(count):
+        koff, klen, voff, vlen = struct.unpack_from(">IIII", data, base + 16 * i)
+        out.append((data[koff:koff + klen].decode(_ENC, _ERRS),
+                    data[voff:voff + vlen].decode(_ENC, _ERRS)))
+    return out
+
+
+# -- lookup -----------------------------------------------------------------------
+
+_text_cache = {}
+
+
+def _parsed_cached(path, st):
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _text_cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    parsed = parse_file(path)
+    _text_cache[path] = (stamp, parsed)
+    return parsed
+
+
+def aliases_path(layout_or_path, options=None):
+    """The aliases file: options["AliasFile"] if set, else layout.aliases (or a path)."""
+    if options:
+        af = options.get("AliasFile") or options.get("A")
+        if af:
+            # Sendmail accepts "hash:/etc/mail/aliases"; the first file is ours.
+            af = af.split(",")[0].strip()
+            if ":" in af and not af.startswith("/"):
+                af = af.split(":", 1)[1]
+            return af
+    if isinstance(layout_or_path, str):
+        return layout_or_path
+    return layout_or_path.aliases
+
+
+def lookup_value(layout_or_path, name, warn=None, options=None):
+    """The raw value of alias `name` (case-insensitive), or None.
+
+    Uses PATH.db when it is at least as new as the text file; otherwise parses the
+    text, calling warn("Warning: alias database PATH.db out of date") once per lookup."""
+    path = aliases_path(layout_or_path, options)
+    db = db_path_for(path)
+    try:
+        text_st = os.stat(path)
+    except OSError:
+        text_st = None
+    try:
+        db_st = os.stat(db)
+    except OSError:
+        db_st = None
+    if db_st is not None and (text_st is None or db_st.st_mtime_ns >= text_st.st_mtime_ns):
+        try:
+            return db_get(db, name)
+        except (OSError, ValueError) as exc:
+            if warn:
+                warn(f"alias database {db} unusable: {exc}")
+    if text_st is None:
+        return None
+    if warn:
+        warn(f"Warning: alias database {db} out of date")
+    try:
+        parsed = _parsed_cached(path, text_st)
+    except OSError as exc:
+        if warn:
+            warn(f"cannot open {path}: {exc.strerror}")
+        return None
+    return parsed.aliases.get(name.lower())
+
+
+def lookup(layout_or_path, name, warn=None, options=None):
+    """The addresses alias `name` expands to (one level), or None if it is no alias."""
+    value = lookup_value(layout_or_path, name, warn, options)
+    if value is None:
+        return None
+    return split_value(value)
