@@ -1,0 +1,257 @@
+"""The local delivery agent: one queued message to one local recipient.
+
+    deliver(env, rcpt_index, spool, layout, options) -> DeliveryStatus
+
+rcpt.mailer "local" -> the user's mailbox (mbox in layout.mail_dir/USER, or a Maildir
+when MailboxFormat=maildir, path from MaildirPath: %h home, %u user, %m mail_dir);
+"prog" -> "|command" (prog.py); "file" -> "/path" (prog.py).
+
+The message is "Return-Path: <SENDER>" + the queued header block + blank line + the
+body, streamed from the df file in 64 KB pieces (bounded memory for any size); mbox
+adds the From_ line, >From quoting and the final blank line (mbox.py).
+
+Security stance. Running as root (system instance), mailbox work is done by a fork()ed
+child that has dropped to the recipient: setgroups([mail]), setgid(user's group),
+setuid(user) (journal.run_as). Root itself only does what the user cannot: it creates
+a missing /var/mail/USER with O_CREAT|O_EXCL|O_NOFOLLOW, 0600, owner USER, group mail
+(Debian's /var/mail is root:mail 2775), and for a missing Maildir whose nearest existing
+ancestor is a root-owned directory it makes that one next level (mkdir, then lchown to
+the user; mkdir never follows a symlink and the user cannot touch a root-owned parent).
+Everything else (open with O_NOFOLLOW, fstat checks: regular, one link, owned by the
+user; locks; writes) runs with the user's rights, so quotas and permissions apply and a
+planted symlink or hard link cannot make root write anywhere. prog and file deliveries
+never run as root (prog.py). A private instance (not root) delivers as itself to
+layout.mail_dir/USER for any USER known to passwd.
+
+Exactly once across kill -9: journal.py (mbox, /file) and maildir.py (unique names).
+"""
+import grp
+import logging
+import os
+import pwd
+import time
+
+from ..model import DeliveryStatus
+from . import journal as journal_mod
+from . import maildir as maildir_mod
+from . import mbox
+from . import prog
+
+log = logging.getLogger("pysendmail.delivery")
+
+CHUNK = 65536
+
+
+class MessageSource:
+    """The message of one delivery, generated again on each call of chunks()."""
+
+    def __init__(self, env, df_path):
+        self.sender = env.sender
+        self.return_path = b"Return-Path: <" + _clean(env.sender).encode("utf-8", "surrogateescape") + b">\n"
+        self.headers = env.header_block()
+        self.df_path = df_path
+
+    def from_line(self, stamp):
+        who = _clean(self.sender).replace(" ", "_").replace("\t", "_") or "MAILER-DAEMON"
+        return ("From %s %s\n" % (who, time.asctime(time.localtime(stamp)))).encode(
+            "utf-8", "surrogateescape")
+
+    def chunks(self, mbox=False, stamp=0, with_return_path=True):
+        """Yield the message bytes; mbox=True adds From_, quoting and the end blank line."""
+        head = (self.return_path if with_return_path else b"") + self.headers + b"\n"
+        if not mbox:
+            yield head
+            with open(self.df_path, "rb") as f:
+                while True:
+                    data = f.read(CHUNK)
+                    if not data:
+                        return
+                    yield data
+        yield self.from_line(stamp)
+        out = []
+        size = 0
+        last = b"\n"
+        for piece in _lines(head, self.df_path):
+            if piece.startswith(b"From ") and last.endswith(b"\n"):
+                out.append(b">")
+            out.append(piece)
+            last = piece
+            size += len(piece)
+            if size >= CHUNK:
+                yield b"".join(out)
+                out = []
+                size = 0
+        if not last.endswith(b"\n"):
+            out.append(b"\n")
+        out.append(b"\n")
+        yield b"".join(out)
+
+
+def _lines(head, df_path):
+    """Lines of the message (pieces of at most CHUNK bytes; only the first piece of a
+    line can start a line, and it is whole up to 5 bytes unless the line is shorter)."""
+    for line in head.splitlines(keepends=True):
+        yield line
+    with open(df_path, "rb") as f:
+        while True:
+            piece = f.readline(CHUNK)
+            if not piece:
+                return
+            yield piece
+
+
+def _clean(address):
+    return "".join(ch for ch in (address or "") if ch not in "\r\n\0<>")
+
+
+def _mail_gid():
+    try:
+        return grp.getgrnam("mail").gr_gid
+    except KeyError:
+        return None
+
+
+def maildir_path(options, layout, pw):
+    template = options.get("MaildirPath") or ("%h/Maildir" if layout.system else "%m/%u/Maildir")
+    out = []
+    i = 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "%" and i + 1 < len(template):
+            code = template[i + 1]
+            out.append({"h": pw.pw_dir, "u": pw.pw_name, "m": layout.mail_dir, "%": "%"}
+                       .get(code, "%" + code))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _make_first_level(path, uid, gid):
+    """As root: create the first missing directory of `path` if its parent is a
+    root-owned directory (the user could not create it); chown it to the user."""
+    missing = []
+    cur = os.path.abspath(path)
+    while True:
+        try:
+            st = os.lstat(cur)
+            break
+        except FileNotFoundError:
+            missing.append(cur)
+            parent = os.path.dirname(cur)
+            if parent == cur:
+                return
+            cur = parent
+    if not missing or st.st_uid != 0 or not os.path.isdir(cur) or os.path.islink(cur):
+        return
+    first = missing[-1]
+    try:
+        os.mkdir(first, 0o700)
+    except FileExistsError:
+        return
+    os.lchown(first, uid, gid)
+
+
+def _create_mailbox(path, uid, gid):
+    """As root: create a missing mailbox 0600 owned by the user (never via a symlink)."""
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
+    try:
+        pw = pwd.getpwnam(rcpt.user)
+    except KeyError:
+        return DeliveryStatus("5.1.1", "User unknown")
+    root = os.geteuid() == 0
+    lock_timeout = float(prog.parse_duration(options.get("Timeout.mailboxlock"), 60, "s"))
+    fmt = (options.get("MailboxFormat") or "mbox").strip().lower()
+    mail_gid = _mail_gid()
+    groups = [mail_gid] if mail_gid is not None else []
+    creds = (pw.pw_uid, pw.pw_gid, groups)
+    if fmt == "maildir":
+        path = maildir_path(options, layout, pw)
+        if not os.path.isabs(path):
+            return DeliveryStatus("5.3.5", "MaildirPath is not absolute: %s" % path)
+
+        def work(_jrnl):
+            return maildir_mod.deliver(path, source, env.qid, index)
+
+        if root:
+            try:
+                _make_first_level(path, pw.pw_uid, pw.pw_gid)
+            except OSError as e:
+                return DeliveryStatus("4.3.0", "%s: %s" % (path, e.strerror))
+            return journal_mod.run_as(creds, work, journal_mod.NullJournal())
+        return work(None)
+    if fmt != "mbox":
+        return DeliveryStatus("4.3.5", "unknown MailboxFormat %s" % fmt)
+    path = os.path.join(layout.mail_dir, pw.pw_name)
+    jrnl = journal_mod.Journal(spool.path, env.qid, index)
+    if root:
+        try:
+            _create_mailbox(path, pw.pw_uid, mail_gid if mail_gid is not None else pw.pw_gid)
+        except OSError as e:
+            return DeliveryStatus("4.3.0", "%s: cannot create mailbox: %s" % (path, e.strerror))
+        want = pw.pw_uid
+    else:
+        try:
+            os.makedirs(layout.mail_dir, 0o700, exist_ok=True)
+        except OSError as e:
+            return DeliveryStatus("4.3.0", "%s: %s" % (layout.mail_dir, e.strerror))
+        want = os.geteuid()
+
+    def check(st):
+        return None if st.st_uid == want else "owned by uid %d, not %d" % (st.st_uid, want)
+
+    def work(j):
+        return mbox.append(path, source, j, check=check,
+                           create_mode=None if root else 0o600, lock_timeout=lock_timeout)
+
+    if root:
+        return journal_mod.run_as(creds, work, jrnl)
+    return work(jrnl)
+
+
+def deliver(env, rcpt_index, spool, layout, options):
+    """Deliver message `env` to env.recipients[rcpt_index] (mailer local, prog or file)."""
+    options = options or {}
+    rcpt = env.recipients[rcpt_index]
+    source = MessageSource(env, spool.df(env.qid))
+    try:
+        if rcpt.mailer == "local":
+            status = _deliver_mailbox(env, rcpt_index, rcpt, spool, layout, options, source)
+        elif rcpt.mailer == "prog":
+            status = prog.deliver_prog(rcpt.user, _ProgSource(source), env.sender,
+                                       rcpt.owner, options)
+        elif rcpt.mailer == "file":
+            jrnl = journal_mod.Journal(spool.path, env.qid, rcpt_index)
+            lock_timeout = float(prog.parse_duration(options.get("Timeout.mailboxlock"), 60, "s"))
+            status = prog.deliver_file(rcpt.user, source, jrnl, rcpt.owner, options,
+                                       lock_timeout=lock_timeout)
+        else:
+            status = DeliveryStatus("5.3.5", "not a local mailer: %s" % rcpt.mailer)
+    except OSError as e:
+        status = DeliveryStatus("4.3.0", "local delivery error: %s" % (e.strerror or e))
+    log.info("%s: to=%s, mailer=%s, dsn=%s, stat=%s", env.qid, rcpt.address, rcpt.mailer,
+             status.status, status.reply)
+    return status
+
+
+class _ProgSource:
+    """Sendmail's prog mailer has no P flag: the message without Return-Path."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def chunks(self, mbox=False, stamp=0):
+        return self._source.chunks(mbox=mbox, stamp=stamp, with_return_path=False)
