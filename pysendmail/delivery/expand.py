@@ -245,15 +245,15 @@ def error_target(address, spec, parent="", errors_to=""):
             status = errors.EXIT_DSN.get(code, "5.0.0")
             if not text:
                 text = errors.EXIT_TEXT.get(code, "Unknown error")
-    words = text.split(" ", 2)
-    if words and len(words[0]) == 3 and words[0].isdigit() and words[0][0] in "45":
-        reply = words[0]
+    first = text.split(" ", 1)[0]
+    if len(first) == 3 and first.isdigit() and first[0] in "45":
+        reply = first
         text = text[4:].strip()
-        w2 = text.split(" ", 1)
-        p = w2[0].split(".") if w2 else []
-        if len(p) == 3 and all(x.isdigit() for x in p):
-            status = status or w2[0]
-            text = w2[1].strip() if len(w2) > 1 else ""
+    w2 = text.split(" ", 1)
+    p = w2[0].split(".") if w2 and w2[0] else []
+    if len(p) == 3 and all(x.isdigit() for x in p):
+        status = status or w2[0]
+        text = w2[1].strip() if len(w2) > 1 else ""
     if not status:
         status = reply[0] + ".0.0" if reply else "5.0.0"
     if not reply:
