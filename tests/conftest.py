@@ -1,0 +1,236 @@
+"""Shared test fixtures: the installed commands, private instances, peers and root sandboxes.
+
+The suite tests the *installed* commands (tests/run does `pip install .` into .venv):
+`sm_bin` is the directory holding them. Fixtures and helpers:
+
+  sm_bin              directory of the installed `sendmail`, `mailq`, `newaliases`, `pysendmail`
+  sm_root             a fresh private instance (PYSENDMAIL_ROOT) with .run() / .mailq() / .mailbox()
+  require_program     fixture returning require_program(name) -> path (fails under CI=true, else skips)
+  root_only           decorator: skip unless running as root (also marks the test `root`)
+  workdir             a fresh 0755 directory under the checkout's run/ (for peers that refuse /tmp)
+  system_sandbox      a copy-on-write view of the system directories, entered with unshare
+                      (root only), so tests can install pysendmail as the system MTA safely
+
+Helpers that are plain functions (require_program, root_only) can also be imported with
+`from conftest import ...`.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+IS_ROOT = os.geteuid() == 0
+
+root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root")
+
+
+def require_program(name):
+    """The path of program `name`; a missing one fails the test under CI=true, else skips it."""
+    path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    if path:
+        return path
+    message = "%s is not installed (tests/run installs it as root)" % name
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(name="require_program")
+def require_program_fixture():
+    return require_program
+
+
+@pytest.fixture(scope="session")
+def sm_bin():
+    """Directory of the installed commands (the bin dir of the running interpreter's prefix)."""
+    bindir = os.path.join(sys.prefix, "bin")
+    for command in ("sendmail", "mailq", "newaliases", "pysendmail"):
+        if not os.path.isfile(os.path.join(bindir, command)):
+            pytest.fail("%s/%s is missing: run the tests with tests/run (it installs pysendmail "
+                        "into .venv), or with the Python of a prefix where it is installed"
+                        % (bindir, command))
+    return bindir
+
+
+class Instance:
+    """A private pysendmail instance under `path` (PYSENDMAIL_ROOT=path)."""
+
+    def __init__(self, bindir, path):
+        self.bindir = bindir
+        self.path = str(path)
+        self.env = dict(os.environ, PYSENDMAIL_ROOT=self.path)
+
+    def command(self, name="sendmail"):
+        return os.path.join(self.bindir, name)
+
+    def run(self, args, input=b"", check=None, prog="sendmail", timeout=60, env=None):
+        """Run an installed command (default `sendmail`) with `args` and stdin bytes `input`.
+        check=None: any exit status; True: must be 0; an int: must be that status.
+        Returns the CompletedProcess (stdout and stderr as bytes)."""
+        proc = subprocess.run([self.command(prog)] + list(args), input=input, capture_output=True,
+                              env=env or self.env, timeout=timeout)
+        if check is not None:
+            want = 0 if check is True else check
+            assert proc.returncode == want, "%s %s exited %d, not %d\nstdout: %r\nstderr: %r" % (
+                prog, " ".join(args), proc.returncode, want, proc.stdout, proc.stderr)
+        return proc
+
+    def mailq(self, *args):
+        """The text `mailq` prints (exit status 0 required)."""
+        return self.run(list(args), prog="mailq", check=True).stdout.decode("utf-8", "replace")
+
+    def mailbox(self, user):
+        """Path of the mbox mailbox of local user `user`."""
+        return os.path.join(self.path, "mail", user)
+
+    def messages(self, user):
+        """The messages delivered to `user`, as a list of mailbox.mboxMessage (may be empty)."""
+        import mailbox
+
+        path = self.mailbox(user)
+        if not os.path.exists(path):
+            return []
+        box = mailbox.mbox(path, create=False)
+        try:
+            return [box.get_message(key) for key in box.keys()]
+        finally:
+            box.close()
+
+
+@pytest.fixture
+def sm_root(sm_bin, tmp_path):
+    """A fresh private instance directory; see `Instance`."""
+    base = tmp_path / "pysendmail"
+    base.mkdir()
+    return Instance(sm_bin, base)
+
+
+@pytest.fixture
+def workdir(request):
+    """A fresh directory run/<test name>/ in the checkout, mode 0755 with 0755 ancestors."""
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.nodeid)[-120:]
+    path = os.path.join(REPO, "run", name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    os.chmod(os.path.join(REPO, "run"), 0o755)
+    os.chmod(path, 0o755)
+    return path
+
+
+# ---- root sandboxes ------------------------------------------------------------------------
+
+SANDBOX_DIRS = ("/usr/sbin", "/usr/lib", "/usr/bin", "/etc", "/var/spool", "/var/lib",
+                "/var/mail", "/run")
+
+
+class SystemSandbox:
+    """Copy-on-write views (overlayfs) of the system directories that installing an MTA
+    touches. Each run() enters a new private mount and PID namespace (`unshare`), mounts
+    an overlay over each of SANDBOX_DIRS with the upper layers under `base`, and runs a
+    bash script there; the changes persist in `base` from one run() to the next, and the
+    machine's own files are never touched. When the script ends, every process it left
+    behind dies with the PID namespace."""
+
+    def __init__(self, base):
+        self.base = str(base)
+        os.makedirs(self.base, exist_ok=True)
+        self.prelude = ["set -e"]
+        for d in SANDBOX_DIRS:
+            name = d.strip("/").replace("/", "_")
+            upper, work = (os.path.join(self.base, kind, name) for kind in ("upper", "work"))
+            os.makedirs(upper, exist_ok=True)
+            os.makedirs(work, exist_ok=True)
+            self.prelude.append("mount -t overlay overlay -o lowerdir=%s,upperdir=%s,workdir=%s %s"
+                                % (d, upper, work, d))
+        self.prelude.append("set +e")
+
+    @staticmethod
+    def check_available(base):
+        """Fail (CI) or skip unless overlay mounts in a private namespace work here."""
+        if not IS_ROOT:
+            pytest.skip("needs root")
+        require_program("unshare")
+        for d in ("u", "w", "l", "m"):
+            os.makedirs(os.path.join(base, "probe", d), exist_ok=True)
+        p = os.path.join(base, "probe")
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "mount", "-t", "overlay", "overlay",
+             "-o", "lowerdir=/usr/sbin,upperdir=%s/u,workdir=%s/w" % (p, p), "%s/m" % p],
+            capture_output=True, text=True)
+        shutil.rmtree(p, ignore_errors=True)
+        if proc.returncode != 0:
+            message = "overlay mounts do not work here: %s" % proc.stderr.strip()
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+
+    def run(self, script, env=None, timeout=180, check=True, input=None):
+        """Run bash `script` inside the sandbox; returns the CompletedProcess (text)."""
+        body = "\n".join(self.prelude) + "\n" + script + "\nrc=$?\nexit $rc\n"
+        cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
+               "bash", "-c", body]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                              input=input)
+        if check and proc.returncode != 0:
+            raise AssertionError("sandbox script exited %d\n--- script\n%s\n--- stdout\n%s\n"
+                                 "--- stderr\n%s" % (proc.returncode, script, proc.stdout, proc.stderr))
+        return proc
+
+    def python(self, code, *args, env=None):
+        """Run Python `code` in the sandbox with this interpreter; returns its stdout."""
+        import shlex
+
+        return self.run(" ".join(shlex.quote(a) for a in [sys.executable, "-c", code] + list(args)),
+                        env=env).stdout
+
+    def snapshot(self, paths):
+        """{path: description} as seen inside the sandbox: type, mode, uid, gid, symlink
+        target, size and sha256 of regular files; None for a missing path."""
+        import json
+
+        return json.loads(self.python(_SNAPSHOT_CODE, *paths))
+
+    def read(self, path):
+        """The bytes of `path` inside the sandbox, or None if it does not exist."""
+        import base64
+        import json
+
+        data = json.loads(self.python(
+            "import base64,json,sys\ntry:\n d=base64.b64encode(open(sys.argv[1],'rb').read()).decode()\n"
+            "except FileNotFoundError:\n d=None\nprint(json.dumps(d))", path))
+        return None if data is None else base64.b64decode(data)
+
+
+_SNAPSHOT_CODE = """
+import hashlib, json, os, stat, sys
+out = {}
+for p in sys.argv[1:]:
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        out[p] = None
+        continue
+    d = {"mode": "%04o" % stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+    if stat.S_ISLNK(st.st_mode):
+        d.update(type="symlink", target=os.readlink(p))
+    elif stat.S_ISREG(st.st_mode):
+        d.update(type="file", size=st.st_size,
+                 sha256=hashlib.sha256(open(p, "rb").read()).hexdigest(), mtime_ns=st.st_mtime_ns)
+    elif stat.S_ISDIR(st.st_mode):
+        d.update(type="directory")
+    else:
+        d.update(type="other")
+    out[p] = d
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def system_sandbox(tmp_path):
+    """A fresh SystemSandbox (root only; skips or, under CI, fails without overlayfs)."""
+    SystemSandbox.check_available(str(tmp_path))
+    return SystemSandbox(tmp_path / "sandbox")
