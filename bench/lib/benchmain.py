@@ -1,0 +1,137 @@
+"""The bench driver: runs the named phases, writes results/<UTC stamp>/, prints the report.
+
+Called by `bench/run` (which checks root, installs the tools and the venv):
+
+    benchmain.py [--rounds N] [--warmup N] [--rss-runs N] [PHASES...]
+
+Phases live in PHASES below: a name -> module with `run(ctx) -> dict` (raw
+data, saved as <phase>.json) and `report(dict) -> markdown`. Adding the SMTP
+accept rate, delivery rate and memory phases means filling in
+phase_future.py's functions or adding a module and one line here.
+
+Each run writes bench/results/<stamp>/: meta.json (machine, versions, git
+commit, load average before/after), <phase>.json (every raw figure),
+log.txt, report.md. Nothing is sent beyond loopback; every loop is bounded.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import phase_future  # noqa: E402
+import phase_profile  # noqa: E402
+import phase_submit  # noqa: E402
+from target import Venv  # noqa: E402
+
+PHASES = {
+    "submit": phase_submit,        # issue 2: CLI submission latency + peak RSS
+    "profile": phase_profile,      # where the pysendmail submission time goes
+    "hyperfine": phase_profile.Hyperfine,   # public-tool cross-check of `submit`
+    "smtp": phase_future.Smtp,     # later: SMTP accept rate (needs the daemon)
+    "deliver": phase_future.Deliver,   # later: delivery rate
+    "mem": phase_future.Mem,       # later: daemon memory under many connections
+}
+DEFAULT_PHASES = ["submit"]
+
+
+class Context:
+    def __init__(self, args, out):
+        self.bench = os.path.dirname(HERE)
+        self.project = os.path.dirname(self.bench)
+        self.work = os.path.join(self.bench, ".work")
+        self.out = out
+        self.venv = Venv(os.path.join(self.work, "venv"))
+        self.rounds, self.warmup, self.rss_runs = args.rounds, args.warmup, args.rss_runs
+        self.max_seconds = args.max_seconds
+        self.rcpt = args.rcpt
+        self._log = open(os.path.join(out, "log.txt"), "a")
+
+    def log(self, msg):
+        line = time.strftime("%H:%M:%S ") + msg
+        print(line, flush=True)
+        self._log.write(line + "\n")
+        self._log.flush()
+
+
+def _cmd(argv):
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def meta(ctx):
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+        "loadavg": os.getloadavg(),
+        "git_head": _cmd(["git", "-C", ctx.project, "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(_cmd(["git", "-C", ctx.project, "status", "--porcelain", "--untracked-files=no"])),
+        "venv_python": ctx.venv.real_python(),
+        "python_version": _cmd([ctx.venv.python, "-c", "import sys; print(sys.version.split()[0])"]),
+        "sendmail_shebang": ctx.venv.shebang(ctx.venv.sendmail),
+        "pysendmail": ctx.venv.pysendmail_version(),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("phases", nargs="*", default=DEFAULT_PHASES, help="|".join(PHASES))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 30)))
+    ap.add_argument("--warmup", type=int, default=int(os.environ.get("BENCH_WARMUP", 3)))
+    ap.add_argument("--rss-runs", type=int, default=int(os.environ.get("BENCH_RSS_RUNS", 5)))
+    ap.add_argument("--max-seconds", type=float, default=float(os.environ.get("BENCH_MAX_SECONDS", 600)))
+    ap.add_argument("--rcpt", default=os.environ.get("BENCH_RCPT", "root@localhost"))
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT"))
+    args = ap.parse_args(argv)
+    bad = [p for p in args.phases if p not in PHASES]
+    if bad:
+        ap.error(f"unknown phase(s) {bad}; known: {' '.join(PHASES)}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = args.out or os.path.join(os.path.dirname(HERE), "results", stamp)
+    os.makedirs(out, exist_ok=True)
+    ctx = Context(args, out)
+    m = meta(ctx)
+    ctx.log(f"bench {stamp}: phases {' '.join(args.phases)}; pysendmail {m['pysendmail']} "
+            f"(git {m['git_head']}{' dirty' if m['git_dirty'] else ''}); load {m['loadavg']}")
+    parts = [f"# pysendmail bench {stamp}", "",
+             f"Machine: {m['host']}, {m['cpus']} CPUs, kernel {m['kernel']}; load average at start "
+             f"{' '.join('%.2f' % x for x in m['loadavg'])}. Python {m['python_version']} ({m['venv_python']}); "
+             f"pysendmail git {m['git_head']}{' (dirty tree)' if m['git_dirty'] else ''}, installed in "
+             f"bench/.work/venv; shim line `{m['sendmail_shebang']}`.", ""]
+    status = 0
+    for name in args.phases:
+        mod = PHASES[name]
+        ctx.log(f"== phase {name}")
+        try:
+            data = mod.run(ctx)
+        except Exception as e:      # one broken phase must not lose the others' figures
+            ctx.log(f"phase {name} failed: {type(e).__name__}: {e}")
+            import traceback
+            traceback.print_exc()
+            parts.append(f"## {name}: FAILED ({type(e).__name__}: {e})\n")
+            status = 1
+            continue
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(data, f, indent=1)
+        parts.append(mod.report(data))
+    m["loadavg_end"] = os.getloadavg()
+    with open(os.path.join(out, "meta.json"), "w") as f:
+        json.dump(m, f, indent=1)
+    parts.append(f"Load average at the end: {' '.join('%.2f' % x for x in m['loadavg_end'])}. "
+                 f"Raw data: `{os.path.relpath(out, ctx.project)}/`.\n")
+    text = "\n".join(parts)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    print("\n" + text)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
