@@ -525,3 +525,22 @@ def test_include_owner_rules(tmp_path, fwd_user):
     put_forward(pw, f":include:{users}\n")
     assert sorted((x.mailer, x.owner) for x in ex.expand(USER, ctx)) == [
         ("file", USER), ("prog", USER)]
+
+
+def test_newaliases_locked_and_cannot_create(tmp_path):
+    import fcntl
+    path = write(tmp_path / "aliases", "a: b\n")
+    with open(path, "rb") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        rc, out, err = run_cli(path)
+        assert (rc, out, err) == (0, f"Alias file {path} is locked (maybe being rebuilt)\n", "")
+        assert not os.path.exists(path + ".db")
+        with pytest.raises(aliases.Locked):
+            aliases.rebuild(path, wait=False)
+    # The database path is a directory: the rename fails, no temp file is left behind.
+    os.mkdir(path + ".db")
+    rc, out, err = run_cli(path)
+    assert rc == 73 and out == ""
+    assert err.startswith(f"Cannot create database for alias file {path}: ")
+    assert sorted(os.listdir(tmp_path)) == ["aliases", "aliases.db"]
+    assert os.listdir(path + ".db") == []

@@ -7,12 +7,13 @@ syserr() makes it. Duplicate names give ``Warning: duplicate alias name NAME`` o
 stdout. A missing or unreadable aliases file prints Sendmail's
 ``newaliases: cannot open PATH: REASON`` and, as in Sendmail (message() does not set
 the exit status), exits 0 without touching an existing database. Failing to write
-the database prints ``Cannot create database for alias file PATH`` and exits 73.
+the database prints ``Cannot create database for alias file PATH: REASON`` and exits 73
+(EX_CANTCREAT). While another rebuild holds the file's lock it prints Sendmail's
+``Alias file PATH is locked (maybe being rebuilt)`` and exits 0.
 
 Security: runs as its caller; it writes only PATH.db next to the aliases file, by
 atomic rename, so the caller needs write access to that directory.
 """
-import os
 import sys
 
 
@@ -27,13 +28,24 @@ def main(argv, layout, options=None, stdout=None, stderr=None):
     err = stderr if stderr is not None else sys.stderr
     path = aliases.aliases_path(layout, options or {})
     try:
-        parsed = aliases.parse_file(path)
+        with open(path, "rb"):
+            pass
     except OSError as exc:
         out.flush()
         err.write(f"newaliases: cannot open {path}: {exc.strerror or exc}\n")
         err.flush()
         return errors.EX_OK
-    summary = parsed.summary
+    try:
+        summary = aliases.rebuild(path, wait=False)
+    except aliases.Locked as exc:
+        # Sendmail says so with message(), which leaves the exit status at 0.
+        out.write(f"{exc}\n")
+        out.flush()
+        return errors.EX_OK
+    except OSError as exc:
+        err.write(f"Cannot create database for alias file {path}: {exc.strerror or exc}\n")
+        err.flush()
+        return errors.EX_CANTCREAT
     status = errors.EX_OK
     for warning in summary.warnings:
         out.write(warning + "\n")
@@ -42,13 +54,6 @@ def main(argv, layout, options=None, stdout=None, stderr=None):
         err.write(line + "\n")
         status = errors.EX_SOFTWARE
     err.flush()
-    try:
-        mode = os.stat(path).st_mode & 0o644
-        aliases.write_db(aliases.db_path_for(path), parsed.aliases, mode or 0o600)
-    except OSError as exc:
-        err.write(f"Cannot create database for alias file {path}: {exc.strerror or exc}\n")
-        err.flush()
-        return errors.EX_CANTCREAT
     out.write(summary.line() + "\n")
     out.flush()
     return status

@@ -220,8 +220,8 @@ def write_db(db_path, aliases, mode=0o644):
     """Write the database atomically: temp file, fsync, rename, fsync the directory."""
     data = _encode_db(aliases)
     directory = os.path.dirname(os.path.abspath(db_path))
-    tmp = f"{db_path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    tmp = f"{db_path}.tmp{os.getpid()}.{os.urandom(6).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         try:
             view = memoryview(data)
@@ -246,18 +246,26 @@ def write_db(db_path, aliases, mode=0o644):
         os.close(dfd)
 
 
-def rebuild(path, db_path=None):
+class Locked(Exception):
+    """Another process holds the aliases file's lock (it is being rebuilt)."""
+
+
+def rebuild(path, db_path=None, wait=True):
     """Parse the text file at `path` and write its database; returns the `Summary`.
 
-    Bad lines are reported in summary.errors and skipped; the rest is built.
-    OSError propagates if the text file cannot be read or the database written."""
-    parsed = parse_file(path)
-    mode = 0o644
-    try:
-        mode = os.stat(path).st_mode & 0o644
-    except OSError:
-        pass
-    write_db(db_path or db_path_for(path), parsed.aliases, mode or 0o600)
+    The text file is flock()ed for the duration, as Sendmail does, so rebuilds do not
+    interleave; with wait=False a held lock raises `Locked`. Bad lines are reported in
+    summary.errors and skipped; the rest is built. OSError propagates if the text file
+    cannot be read or the database written."""
+    import fcntl
+    with open(path, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Locked(f"Alias file {path} is locked (maybe being rebuilt)") from None
+        parsed = parse_text(f.read().decode(_ENC, _ERRS), path)
+        mode = os.fstat(f.fileno()).st_mode & 0o644
+        write_db(db_path or db_path_for(path), parsed.aliases, mode or 0o600)
     return parsed.summary
 
 
