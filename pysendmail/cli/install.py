@@ -8,8 +8,9 @@ type, target, mode, owner), so that uninstall puts it back exactly. It also
 creates the system spool (queue/ 0700, the sticky maildrop/ 1733 that non-root
 submitters write into, public/ for the pickup trigger), the state, log and run
 directories, the unprivileged `pysendmail` system user the daemon drops to, an
-/etc/aliases with `postmaster: root` if there is none (then rebuilds the alias
-database), and the systemd unit when systemd runs (it never starts it).
+/etc/aliases with `postmaster: root` if there is none, then rebuilds the alias
+database (keeping a copy of the previous MTA's /etc/aliases.db for uninstall to put
+back), and the systemd unit when systemd runs (it never starts it).
 
 Everything is computed first as a plan of steps that each know whether they are
 needed, so a second run does nothing and says so, and --dry-run prints the plan.
@@ -127,8 +128,24 @@ class Installer:
                 steps.append(Step("install the systemd unit %s" % UNIT,
                                   lambda: _write_file(self.p(UNIT), text, 0o644)))
         if steps:
+            db = ALIASES + ".db"
+            if os.path.isfile(self.p(db)) and db not in manifest["entries"]:
+                # Another MTA's database (Postfix: Berkeley DB) is overwritten by ours: keep a copy.
+                steps.append(Step("keep a copy of %s in %s" % (db, DISPLACED),
+                                  lambda: self.keep_copy(db, manifest)))
             steps.append(Step("rebuild the alias database of %s" % ALIASES, self.rebuild_aliases))
         return steps
+
+    def keep_copy(self, path, manifest):
+        import shutil
+
+        entry = dict(_describe(self.p(path)), path=path, copied=True,
+                     stored=path.strip("/").replace("/", "%"))
+        _makedirs(self.p(DISPLACED), 0o700)
+        dest = os.path.join(self.p(DISPLACED), entry["stored"])
+        shutil.copy2(self.p(path), dest)
+        manifest["entries"][path] = entry
+        self.save_manifest(manifest)
 
     def user_exists(self):
         try:
@@ -222,6 +239,10 @@ class Installer:
         for path, entry in sorted(manifest["entries"].items()):
             real = self.p(path)
             current = _describe(real)
+            if entry.get("copied"):
+                steps.append(Step("put back the original %s" % path,
+                                  lambda real=real, entry=entry: self.restore(real, entry, manifest)))
+                continue
             if current["type"] != "symlink" or not _is_ours(current["target"]):
                 self.say("leaving %s alone: it is now %s, not pysendmail's link" % (path, _show(current)))
                 continue
@@ -235,7 +256,8 @@ class Installer:
         kind = entry["type"]
         if kind == "file":
             src = os.path.join(self.p(DISPLACED), entry["stored"])
-            os.unlink(real)
+            if os.path.lexists(real):
+                os.unlink(real)
             _move_file(src, real)
         elif kind == "symlink":
             _replace_with_link(real, entry["target"])
