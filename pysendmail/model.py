@@ -22,11 +22,11 @@ class Recipient:
     """
 
     __slots__ = ("address", "addr", "state", "notify", "orcpt", "mailer", "host",
-                 "user", "status", "diag", "attempts", "parent", "owner")
+                 "user", "status", "diag", "attempts", "parent", "owner", "reported")
 
     def __init__(self, address, addr=None, state=PENDING, notify="", orcpt="",
                  mailer="", host="", user="", status="", diag="", attempts=0,
-                 parent="", owner=""):
+                 parent="", owner="", reported=""):
         self.address = address
         self.addr = addr if addr is not None else address
         self.state = state
@@ -40,6 +40,7 @@ class Recipient:
         self.attempts = attempts
         self.parent = parent
         self.owner = owner
+        self.reported = reported      # DSN kinds already sent for it: "failure", "delay,success"
 
     @property
     def final(self):

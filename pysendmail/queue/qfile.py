@@ -12,7 +12,7 @@
     p proto / s relay / Q reason / w 1      protocol, relay ($_), hold reason, delay warned
     M name value               a macro kept with the message
     R key=value ...            a recipient: addr state notify orcpt mailer host user
-                               status attempts parent owner address diag
+                               status attempts parent owner reported address diag
     H Name: value              a header; folded lines follow, starting with blanks
     .                          end of file: a file without it is incomplete
 
@@ -53,7 +53,7 @@ def unxtext(text):
 
 
 _RCPT_FIELDS = ("addr", "state", "notify", "orcpt", "mailer", "host", "user",
-                "status", "attempts", "parent", "owner", "address", "diag")
+                "status", "attempts", "parent", "owner", "reported", "address", "diag")
 
 # Scalar envelope fields: letter -> (attribute, is_int)
 _SCALARS = (

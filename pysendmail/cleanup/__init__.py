@@ -1,0 +1,1 @@
+"""Cleanup role: read a submitted message, fix its headers, find its recipients."""

@@ -1,0 +1,104 @@
+"""The `sendmail` command (also `mailq`, `newaliases`, `pysendmail`): parse Sendmail's
+command line and run the asked-for mode.
+
+Imports are lazy: the default mode (-bm, submission) loads only what it needs,
+because cron and PHP pay this start-up on every message.
+"""
+import os
+import sys
+
+from ..errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, MTAError, UsageError
+
+SUBCOMMANDS = ("install", "uninstall")
+
+
+def _out(text, fd=1):
+    os.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    prog = os.path.basename(argv[0]) if argv else "sendmail"
+    args = argv[1:]
+    if prog == "pysendmail":
+        if args and args[0] in SUBCOMMANDS:
+            from . import install
+            return install.main([args[0]] + args[1:])
+        prog = "sendmail"
+    json_out = False
+    if "--json" in args and (prog == "mailq" or "-bp" in args):
+        args = [a for a in args if a != "--json"]
+        json_out = True
+    from . import cmdline
+    try:
+        inv = cmdline.parse(args, prog)
+    except UsageError as e:
+        _out(e.message, 2 if " -- " in e.message else 1)
+        return e.status
+    inv.json = json_out
+    try:
+        return _run(inv)
+    except MTAError as e:
+        _out(e.message)
+        return e.status
+    except KeyboardInterrupt:
+        return 75
+    except BrokenPipeError:
+        return EX_SOFTWARE
+
+
+def _setup(inv):
+    from .. import layout as layoutmod
+    from ..config import identity, options as optmod
+    layout = layoutmod.current()
+    cf = optmod.read_quick(inv.cf or layout.cf)
+    for name in inv.options:
+        optmod.check_name(name)
+    options = dict(cf.options)
+    options.update(inv.options)
+    if options.get("AliasFile"):
+        layout.aliases = options["AliasFile"].split(",")[0].strip()
+    ident = identity.detect(cf)
+    from ..log import Logger
+    log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)
+    return layout, options, ident, log
+
+
+def _run(inv):
+    mode = inv.mode
+    layout, options, ident, log = _setup(inv)
+    if mode == "p":
+        from . import mailq
+        return mailq.main(inv, layout)
+    if mode == "i":
+        from . import newaliases
+        return newaliases.main([], layout, options)
+    if mode == "v":
+        from .verify import main as verify
+        return verify(inv, layout, options, ident, log)
+    if mode == "s":
+        from .smtp_session import main as smtp_main
+        return smtp_main(inv, layout, options, ident, log)
+    if mode in ("d", "D") or (inv.queue_run and inv.queue_interval):
+        from ..daemon.service import main as daemon_main
+        return daemon_main(inv, layout, options, ident, log)
+    if inv.queue_run:
+        from ..daemon.queuerun import QueueRun
+        run = QueueRun(layout, options, ident, log, verbose=inv.verbose)
+        run.run(filters=inv.queue_filters,
+                include_held=any(k == "Q" for k, _, _ in inv.queue_filters))
+        return EX_OK
+    if mode == "t":
+        _out("Address test mode (-bt) needs the sendmail.cf engine, which is not built yet")
+        return EX_UNAVAILABLE
+    if mode == "P":
+        _out("Data unavailable: shared memory not configured")
+        return EX_UNAVAILABLE
+    if mode in ("h", "H"):
+        _out("Host status directory not configured")
+        return EX_UNAVAILABLE
+    if mode == "C":
+        _out("%s: configuration ok" % (inv.cf or layout.cf))
+        return EX_OK
+    from .submit import Submission
+    return Submission(inv, layout, options, ident, log).run()

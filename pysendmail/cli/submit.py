@@ -1,0 +1,351 @@
+"""Submission role: `sendmail [flags] [recipients] < message` (-bm, the default mode).
+
+Reads the message from stdin, applies the cleanup role's header fix-ups, resolves
+the recipients through the router, and commits the message to the queue durably
+before it exits 0. Then, per the delivery mode: -odi delivers now, -odb (the
+default) hands delivery to a detached child, -odq/-odd leave it to a queue run.
+
+Security stance: this runs as whoever calls it (cron jobs as their owners, PHP as
+www-data) and is never setuid. A caller that owns the spool (root for the system
+instance, the user for a private one) writes the queue directly; anyone else
+writes one file into the sticky maildrop directory, which the root-run pickup step
+validates and queues (daemon.pickup), trusting nothing in it but the file owner.
+"""
+import os
+import pwd
+import time
+
+from .. import addr as addrmod
+from ..errors import (EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, AddressError,
+                      MTAError)
+from ..model import FAILED, Envelope, Recipient
+from ..cleanup import headers as hdr
+from ..cleanup.collect import collect
+from ..queue.spool import Spool
+
+TRUSTED_USERS = ("root", "daemon", "uucp")
+
+
+class Caller:
+    """Who is submitting: uid, login, full name (GECOS), home."""
+
+    __slots__ = ("uid", "login", "gecos", "home")
+
+    def __init__(self):
+        self.uid = os.getuid()
+        try:
+            pw = pwd.getpwuid(self.uid)
+            self.login, self.gecos, self.home = pw.pw_name, pw.pw_gecos.split(",")[0], pw.pw_dir
+        except KeyError:
+            self.login, self.gecos, self.home = "uid%d" % self.uid, "", "/"
+
+
+def envelope_sender(inv, caller, ident):
+    """The envelope sender: -f/-r (with '<>' and '' meaning the null sender), else the caller."""
+    if not inv.sender_given:
+        return caller.login
+    text = addrmod.strip_crlf(inv.sender).strip()
+    if text in ("", "<>"):
+        return ""
+    a = addrmod.parse(text)
+    return a.bare
+
+
+def priority(size, nrcpts):
+    """Sendmail's initial priority: message size + 30000 per recipient (WkRecipFact)."""
+    return size + 30000 * nrcpts
+
+
+def _argv_recipients(inv):
+    out = []
+    for word in inv.recipients:
+        for item in addrmod.split_list(word):
+            out.append(item)
+    return out
+
+
+class Submission:
+    """One run of the submission role; `run()` returns the exit status."""
+
+    def __init__(self, inv, layout, options, ident, log, stdin_fd=0, stderr=None):
+        self.inv = inv
+        self.layout = layout
+        self.options = options
+        self.ident = ident
+        self.log = log
+        self.stdin_fd = stdin_fd
+        self.caller = Caller()
+        self.status = EX_OK
+        self.errors = []      # (address, text) printed / mailed back
+
+    def say(self, line):
+        os.write(1, (line + "\n").encode("utf-8", "surrogateescape"))
+
+    def error_mode(self):
+        return self.inv.error_mode or (self.options.get("ErrorMode") or "p")[:1]
+
+    def delivery_mode(self):
+        return self.inv.delivery_mode or (self.options.get("DeliveryMode") or "b")[:1]
+
+    def run(self):
+        inv = self.inv
+        words = _argv_recipients(inv)
+        if not words and not inv.read_recipients:
+            self.say("Recipient names must be specified")
+            return EX_USAGE
+        try:
+            sender = envelope_sender(inv, self.caller, self.ident)
+        except AddressError as e:
+            # Sendmail prints the complaint twice (parse, then the envelope check) and gives up.
+            self.say(e.message)
+            self.say(e.message)
+            return EX_USAGE
+        if self._trusted():
+            return self._submit_to_queue(sender, words)
+        return self._submit_to_maildrop(sender, words)
+
+    def _trusted(self):
+        """May this caller write the queue directly?"""
+        q = self.layout.queue
+        if os.path.isdir(q):
+            return os.access(q, os.W_OK | os.X_OK)
+        if self.layout.system and os.geteuid() != 0:
+            return False
+        try:
+            os.makedirs(q, 0o700)
+            return True
+        except OSError:
+            return False
+
+    # ------------------------------------------------------------------------------------
+    def _submit_to_queue(self, sender, words):
+        inv = self.inv
+        now = int(time.time())
+        spool = Spool(self.layout.queue)
+        qid, df_fd = spool.allocate(now)
+        committed = False
+        try:
+            max_headers = int(self.options.get("MaxHeadersLength") or 32768)
+            got = collect(self.stdin_fd, df_fd, inv.ignore_dots, max_headers)
+            headers = got.headers
+            if got.header_overflow:
+                self.log.warning(qid, "headers too large (%d max) from %s during message collect; "
+                                 "the rest is kept as body" % (max_headers, self.caller.login))
+            texts = list(words)
+            if inv.read_recipients:
+                for value in hdr.recipient_texts(headers):
+                    texts.extend(addrmod.split_list(value))
+                headers = hdr.strip_bcc(headers)
+            env = self._envelope(qid, now, sender, headers, got)
+            self._add_recipients(env, texts)
+            if not texts and inv.read_recipients:
+                self.say("No recipient addresses found in header")
+            good = [r for r in env.recipients if r.state != FAILED]
+            single = good[0].address if len(good) == 1 and len(texts) == 1 else None
+            env.headers = hdr.fix_up(
+                headers, qid=qid, hostname=self.ident.j, now=now, user=self.caller.login,
+                from_address=self._from_address(sender), full_name=self._full_name(),
+                single_rcpt=single, auth_warning=self._auth_warning(sender))
+            size = sum(len(h) + 1 for h in env.headers) + 1 + got.body_size
+            env.size = got.body_size
+            env.priority = priority(size, len(good))
+            msgid = env.header("Message-Id")
+            failed = [r for r in env.recipients if r.state == FAILED]
+            if failed:
+                self._report_failures(env, failed, spool)
+            if not good:
+                self.log.info(qid, self.log.from_line(
+                    env, len(env.recipients), msgid.decode("utf-8", "replace") if msgid else "",
+                    relay=env.relay, size=size))
+                if not env.recipients:
+                    self._save_dead_letter(env, spool, quiet=False)
+                spool.discard(qid, df_fd)
+                return self.status
+            spool.commit(env, df_fd)
+            committed = True
+            self._log_queued(env, size, msgid)
+        except MTAError:
+            if not committed:
+                spool.discard(qid, df_fd)
+            raise
+        except BaseException:
+            if not committed:
+                spool.discard(qid, df_fd)
+            raise
+        return self._deliver(spool, env, df_fd)
+
+    def _submit_to_maildrop(self, sender, words):
+        """An untrusted caller: one file into the sticky maildrop directory; the pickup step
+        (run by root) checks it, resolves its recipients and queues it."""
+        from ..queue import maildrop
+        inv = self.inv
+        now = int(time.time())
+        drop = maildrop.Maildrop(self.layout.maildrop)
+        name, fd = drop.create()
+        try:
+            head_len = maildrop.reserve_header(fd)
+            max_headers = int(self.options.get("MaxHeadersLength") or 32768)
+            got = collect(self.stdin_fd, fd, inv.ignore_dots, max_headers)
+            headers = got.headers
+            texts = list(words)
+            if inv.read_recipients:
+                for value in hdr.recipient_texts(headers):
+                    texts.extend(addrmod.split_list(value))
+                headers = hdr.strip_bcc(headers)
+            for text in texts:
+                addrmod.parse(text)       # syntax errors are the caller's to hear now
+            env = self._envelope("", now, sender, headers, got)
+            env.recipients = [Recipient(t, t, notify=inv.notify) for t in texts]
+            env.flags = "-f" if inv.sender_given else ""
+            env.size = got.body_size
+            drop.commit(name, fd, env, head_len)
+        except AddressError as e:
+            drop.abandon(name, fd)
+            self.say(e.message)
+            self.say("%s... User unknown" % e.address)
+            return EX_NOUSER
+        except BaseException:
+            drop.abandon(name, fd)
+            raise
+        if not texts:
+            self.say("No recipient addresses found in header")
+        drop.poke(self.layout.pickup_socket)
+        return EX_OK
+
+    def _envelope(self, qid, now, sender, headers, got):
+        inv = self.inv
+        body_type = inv.body_type
+        if body_type == "8BITMIME" and not got.eight_bit:
+            body_type = "7BIT"
+        return Envelope(
+            qid=qid, created=now, sender=sender, headers=headers, uid=self.caller.uid,
+            user=self.caller.login, full_name=inv.full_name or "", body_type=body_type,
+            envid=inv.envid, ret=inv.ret, protocol=inv.protocol or "",
+            relay=self.caller.login + "@localhost", error_mode=self.error_mode(),
+            macros={"_": self.caller.login + "@localhost"})
+
+    def _from_address(self, sender):
+        if sender:
+            return sender if "@" in sender else "%s@%s" % (sender, self.ident.j)
+        return ""
+
+    def _full_name(self):
+        if self.inv.full_name is not None:
+            return addrmod.strip_crlf(self.inv.full_name)
+        return self.caller.gecos
+
+    def _auth_warning(self, sender):
+        """Sendmail's X-Authentication-Warning when an untrusted user sets the sender."""
+        if not self.inv.sender_given or self.caller.login in TRUSTED_USERS:
+            return None
+        if self.caller.uid == os.geteuid() and not self.layout.system:
+            return None     # a private instance: its owner is trusted
+        if sender.split("@", 1)[0] == self.caller.login:
+            return None
+        return "%s set sender to %s using -f" % (self.caller.login, sender or "<>")
+
+    def _add_recipients(self, env, texts):
+        from ..delivery.router import RouteContext, resolve
+        ctx = RouteContext(self.layout, self.options, self.ident,
+                           lambda msg: self.log.info(env.qid, msg), self.inv.no_alias)
+        seen = set()
+        notify = self.inv.notify
+        for text in texts:
+            try:
+                targets = resolve(text, ctx)
+            except AddressError as e:
+                self.say(e.message)
+                env.recipients.append(Recipient(text, text, state=FAILED, status="5.1.1",
+                                                diag="550 5.1.1 User unknown", mailer="local"))
+                continue
+            for t in targets:
+                key = (t.mailer, t.user.lower() if t.mailer in ("local", "esmtp") else t.user)
+                if key in seen:
+                    continue
+                seen.add(key)
+                r = Recipient(t.address if t.parent else text, t.user if t.mailer != "esmtp" else t.user,
+                              notify=notify, orcpt="", mailer=t.mailer, host=getattr(t, "host", ""),
+                              user=t.user, parent=t.parent, owner=t.owner)
+                if t.mailer == "error":
+                    r.state = FAILED
+                    r.status = t.status or "5.1.1"
+                    r.diag = t.diag or "550 5.1.1 User unknown"
+                    r.address = t.address or text
+                env.recipients.append(r)
+
+    def _report_failures(self, env, failed, spool):
+        """Tell the sender about recipients that failed at submission, per the error mode."""
+        for r in failed:
+            text = r.diag.split(" ", 2)[-1] if r.diag else "User unknown"
+            self.say("%s... %s" % (r.address, text))
+            self.log.info(env.qid, "%s... %s" % (r.address, text))
+            self.log.info(env.qid, self.log.to_line(
+                [r.address], 0, r.mailer or "local", 0, text, dsn=r.status, reply=r.diag))
+        self.status = EX_NOUSER
+        mode = self.error_mode()
+        if mode in ("m", "w", "e"):
+            from ..daemon.queuerun import queue_bounce
+            queue_bounce(self.layout, self.options, self.ident, self.log, env, failed, spool)
+            if mode == "m":
+                self.status = EX_OK
+        elif mode == "p":
+            self._save_dead_letter(env, spool, quiet=False)
+
+    def _save_dead_letter(self, env, spool, quiet):
+        from ..delivery.deadletter import save_dead_letter
+        path = os.path.join(self.caller.home or "/", "dead.letter")
+        try:
+            headers = env.headers
+            if not any(h.lower().startswith(b"received:") for h in headers):
+                env.headers = hdr.fix_up(headers, qid=env.qid, hostname=self.ident.j,
+                                         now=env.created, user=self.caller.login,
+                                         from_address=self._from_address(env.sender),
+                                         full_name=self._full_name())
+            save_dead_letter(env, spool.df(env.qid), path, env.created)
+            if not quiet:
+                self.say("%s... Saved message in %s" % (path, path))
+        except OSError as e:
+            self.say("%s... cannot save message: %s" % (path, e.strerror))
+            self.status = EX_SOFTWARE
+
+    def _log_queued(self, env, size, msgid):
+        log = self.log
+        good = [r for r in env.recipients if r.state != FAILED]
+        log.info(env.qid, log.from_line(env, len(good), msgid.decode("utf-8", "replace") if msgid else "",
+                                         relay=env.relay, size=size))
+        if self.delivery_mode() in ("q", "d"):
+            for r in good:
+                log.info(env.qid, log.to_line([r.address], 0, r.mailer, env.priority, "queued"))
+
+    # ------------------------------------------------------------------------------------
+    def _deliver(self, spool, env, df_fd):
+        mode = self.delivery_mode()
+        if mode in ("q", "d"):
+            os.close(df_fd)
+            return self.status
+        from ..daemon.queuerun import QueueRun
+        if mode == "i":
+            run = QueueRun(self.layout, self.options, self.ident, self.log, verbose=self.inv.verbose)
+            result = run.deliver_locked(spool, env.qid, df_fd)
+            os.close(df_fd)
+            if self.status == EX_OK and result not in (EX_OK, None):
+                return result
+            return self.status
+        # background: the parent reports success now; a detached child delivers.
+        pid = os.fork()
+        if pid:
+            os.close(df_fd)
+            return self.status
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            if os.fork():
+                os._exit(0)
+            run = QueueRun(self.layout, self.options, self.ident, self.log)
+            run.deliver_locked(spool, env.qid, df_fd)
+        except BaseException:
+            os._exit(EX_SOFTWARE)
+        os._exit(0)

@@ -1,0 +1,56 @@
+"""`sendmail -bv addr...`: say where each address would go, without sending anything.
+
+Output as Sendmail's: `root... deliverable: mailer local, user root`, errors such as
+`nosuchuser... User unknown` first, exit 67 when any address is undeliverable.
+"""
+import os
+
+from .. import addr as addrmod
+from ..errors import EX_NOUSER, EX_OK, EX_USAGE, AddressError
+from ..delivery.router import MAILER_NAMES, RouteContext, resolve
+
+
+def _out(text):
+    os.write(1, (text + "\n").encode("utf-8", "surrogateescape"))
+
+
+def describe(t):
+    mailer = MAILER_NAMES.get(t.mailer, t.mailer)
+    if t.mailer == "prog":
+        return '"|%s"... deliverable: mailer prog, user |%s' % (t.user, t.user)
+    if t.mailer == "file":
+        return "%s... deliverable: mailer *file*, user %s" % (t.user, t.user)
+    if t.mailer in ("esmtp", "remote"):
+        return "%s... deliverable: mailer %s, host %s, user %s" % (
+            t.address, mailer, getattr(t, "host", "") or "", t.user)
+    return "%s... deliverable: mailer %s, user %s" % (t.address, mailer, t.user)
+
+
+def main(inv, layout, options, ident, log):
+    words = []
+    for w in inv.recipients:
+        words.extend(addrmod.split_list(w))
+    if not words:
+        _out("Recipient names must be specified")
+        return EX_USAGE
+    ctx = RouteContext(layout, options, ident, no_alias=inv.no_alias)
+    status = EX_OK
+    good = []
+    for text in words:
+        try:
+            targets = resolve(text, ctx)
+        except AddressError as e:
+            _out(e.message)
+            _out("%s... User unknown" % text)
+            status = EX_NOUSER
+            continue
+        for t in targets:
+            if t.mailer == "error":
+                reason = (t.diag or "550 5.1.1 User unknown").split(" ", 2)[-1]
+                _out("%s... %s" % (t.address or text, reason))
+                status = EX_NOUSER
+            else:
+                good.append(t)
+    for t in good:
+        _out(describe(t))
+    return status

@@ -1,0 +1,272 @@
+"""The queue run: take due messages from the spool and hand each recipient to its agent.
+
+Used by `sendmail -q`, by the detached child of a background submission, by -odi,
+and (later) by the daemon's periodic runner. For each message: lock it (flock on
+its df), load its control file, deliver every recipient that is not final,
+record each outcome in the control file right after it happens (so a crash never
+repeats a finished delivery; the local agent's journal covers the window inside a
+delivery), send the DSNs owed, then remove the message or schedule its retry.
+
+Remote recipients (mailer esmtp) wait in the queue for the SMTP agent.
+"""
+import os
+import time
+
+from ..cleanup.headers import rfc5322_date
+from ..errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
+from ..model import DEFERRED, FAILED, PENDING, SENT, Envelope, Recipient
+from ..queue import qfile
+from ..queue.spool import Spool
+
+LOCAL_MAILERS = ("local", "prog", "file")
+RETRY_BASE = 300            # first retry after 5 minutes, doubling, capped at RETRY_MAX
+RETRY_MAX = 4 * 3600
+
+
+def _interval(options, name, default):
+    from ..config.options import parse_interval
+    try:
+        return parse_interval(options.get(name) or default, "m")
+    except ValueError:
+        return parse_interval(default)
+
+
+def next_retry(attempts, now):
+    return now + min(RETRY_BASE * (2 ** max(attempts - 1, 0)), RETRY_MAX)
+
+
+class QueueRun:
+    def __init__(self, layout, options, ident, log, verbose=False, out=None):
+        self.layout = layout
+        self.options = options
+        self.ident = ident
+        self.log = log
+        self.verbose = verbose
+        self.out = out
+
+    def say(self, text):
+        if self.verbose:
+            os.write(1, (text + "\n").encode("utf-8", "surrogateescape"))
+
+    # ----------------------------------------------------------------------------------
+    def run(self, filters=(), force=True, include_held=False):
+        """One pass over the queue. Returns the number of messages handled."""
+        if self.layout.system and os.geteuid() == 0:
+            from .pickup import pickup_all
+            pickup_all(self.layout, self.options, self.ident, self.log)
+        spool = Spool(self.layout.queue)
+        now = int(time.time())
+        todo = []
+        for qid, state in spool.entries(include_held=include_held):
+            if state == "held" and not include_held:
+                continue
+            try:
+                env = spool.load(qid)
+            except FileNotFoundError:
+                continue
+            except (qfile.FormatError, ValueError, UnicodeDecodeError) as e:
+                self.log.err(qid, "unreadable control file set aside as Qf%s: %s" % (qid, e))
+                try:
+                    spool.set_aside(qid)
+                except OSError:
+                    pass
+                continue
+            if not matches(env, filters):
+                continue
+            if not force and env.next_attempt > now:
+                continue
+            todo.append((env.priority, env.created, qid))
+        todo.sort()
+        handled = 0
+        for _, _, qid in todo:
+            fd = spool.lock(qid)
+            if fd is None:
+                continue
+            try:
+                self.deliver_locked(spool, qid, fd)
+                handled += 1
+            finally:
+                os.close(fd)
+        return handled
+
+    # ----------------------------------------------------------------------------------
+    def deliver_locked(self, spool, qid, lock_fd):
+        """Deliver message `qid`, whose lock the caller holds. Returns a sysexits status."""
+        try:
+            env = spool.load(qid)
+        except FileNotFoundError:
+            return EX_OK
+        if env.hold_reason:
+            return EX_OK
+        now = int(time.time())
+        env.attempts += 1
+        env.last_attempt = now
+        deferred = failed_now = False
+        for index, rcpt in enumerate(env.recipients):
+            if rcpt.final or rcpt.mailer not in LOCAL_MAILERS:
+                if rcpt.mailer == "error" and not rcpt.final:
+                    rcpt.state = FAILED
+                continue
+            started = time.time()
+            status = self._deliver_one(env, index, spool)
+            rcpt.attempts += 1
+            rcpt.status = status.status
+            rcpt.diag = status.reply
+            if status.ok:
+                rcpt.state = SENT
+                stat = "Sent"
+                self.say("%s... Sent" % rcpt.address)
+            elif status.temporary:
+                rcpt.state = DEFERRED
+                deferred = True
+                stat = "Deferred: " + (status.reply or "temporary failure")
+                self.say("%s... %s" % (rcpt.address, stat))
+            else:
+                rcpt.state = FAILED
+                failed_now = True
+                stat = status.reply or "Service unavailable"
+                self.say("%s... %s" % (rcpt.address, stat))
+            self.log.info(qid, self.log.to_line(
+                [rcpt.address], now - env.created, rcpt.mailer, env.priority, stat,
+                dsn=status.status, xdelay=int(time.time() - started)))
+            spool.save(env)          # the outcome is durable before the next recipient
+        self._expire(env, now)
+        self._send_dsns(env, spool)
+        if env.done:
+            spool.remove(qid)
+        else:
+            pending_local = [r for r in env.recipients
+                             if not r.final and r.mailer in LOCAL_MAILERS]
+            env.next_attempt = next_retry(env.attempts, now) if pending_local else 0
+            spool.save(env)
+        if deferred:
+            return EX_TEMPFAIL
+        if failed_now:
+            return EX_UNAVAILABLE
+        return EX_OK
+
+    def _deliver_one(self, env, index, spool):
+        from ..delivery.local import deliver
+        from ..model import DeliveryStatus
+        try:
+            return deliver(env, index, spool, self.layout, self.options)
+        except OSError as e:
+            return DeliveryStatus("4.3.0", "local delivery failed: %s" % e.strerror)
+
+    def _expire(self, env, now):
+        """Timeout.queuereturn: give up on recipients deferred for too long."""
+        limit = _interval(self.options, "Timeout.queuereturn", "5d")
+        if now - env.created < limit:
+            return
+        for r in env.recipients:
+            if not r.final and r.mailer in LOCAL_MAILERS and r.state == DEFERRED:
+                r.state = FAILED
+                r.status = "4.4.7"
+                r.diag = "Deferred: %s; message could not be delivered for %s" % (
+                    r.diag or "temporary failure", _human(limit))
+
+    def _send_dsns(self, env, spool):
+        owed = [r for r in env.recipients
+                if r.state == FAILED and "failure" not in r.reported and r.mailer != "esmtp"]
+        succ = [r for r in env.recipients
+                if r.state == SENT and "success" not in r.reported and r.wants("SUCCESS")]
+        if owed:
+            queue_bounce(self.layout, self.options, self.ident, self.log, env, owed, spool)
+            for r in owed:
+                r.reported = _add_kind(r.reported, "failure")
+        if succ:
+            queue_bounce(self.layout, self.options, self.ident, self.log, env, succ, spool,
+                         kind="success")
+            for r in succ:
+                r.reported = _add_kind(r.reported, "success")
+        if owed or succ:
+            spool.save(env)
+
+
+def _add_kind(reported, kind):
+    return ",".join(filter(None, [reported, kind]))
+
+
+def _human(seconds):
+    days, rest = divmod(seconds, 86400)
+    return "%d days" % days if days and not rest else "%d hours" % (seconds // 3600)
+
+
+def matches(env, filters):
+    """-qI / -qR / -qS filters (substring, case-insensitive; '!' negates)."""
+    for kind, value, negated in filters:
+        v = value.lower()
+        if kind == "I":
+            hit = v in env.qid.lower()
+        elif kind == "R":
+            hit = any(v in r.address.lower() or v in r.addr.lower() for r in env.recipients
+                      if not r.final)
+        elif kind == "S":
+            hit = v in (env.sender or "<>").lower()
+        elif kind == "Q":
+            hit = bool(env.hold_reason) and v in env.hold_reason.lower()
+        else:
+            hit = True
+        if hit == negated:
+            return False
+    return True
+
+
+def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="failure"):
+    """Queue the DSN owed for `recipients` of `env` (never to the null sender; a failed
+    bounce goes to postmaster). Returns the new message's queue id or None."""
+    from ..delivery.bounce import make_dsn
+    made = make_dsn(env, recipients, kind, spool.df(env.qid), ident.j, int(time.time()))
+    if made is None:
+        return None
+    to_addr, message = made
+    return inject(layout, options, ident, log, spool, "", [to_addr], message,
+                  notify="NEVER" if not env.sender else "")
+
+
+def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, notify=""):
+    """Queue a message we generated ourselves (a DSN): headers + body bytes, routed now."""
+    from ..delivery.router import RouteContext, resolve
+    head, sep, body = message.partition(b"\n\n")
+    headers = []
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t") and headers:
+            headers[-1] += b"\n" + line
+        elif line:
+            headers.append(line)
+    now = int(time.time())
+    qid, fd = spool.allocate(now)
+    try:
+        os.write(fd, body)
+        env = Envelope(qid=qid, created=now, sender=sender, headers=headers,
+                       uid=os.getuid(), user="", relay="localhost", size=len(body),
+                       error_mode="m")
+        ctx = RouteContext(layout, options, ident)
+        for text in rcpt_texts:
+            try:
+                targets = resolve(text, ctx)
+            except Exception:
+                targets = []
+            for t in targets:
+                env.recipients.append(Recipient(
+                    t.address, t.user, notify=notify or "NEVER", mailer=t.mailer,
+                    host=getattr(t, "host", ""), user=t.user, parent=t.parent, owner=t.owner,
+                    state=FAILED if t.mailer == "error" else PENDING,
+                    status=t.status if t.mailer == "error" else "",
+                    diag=t.diag if t.mailer == "error" else "",
+                    reported="failure" if t.mailer == "error" else ""))
+        if not env.recipients:
+            spool.discard(qid, fd)
+            return None
+        env.headers.insert(0, ("Received: from localhost by %s (pysendmail) id %s; %s" % (
+            ident.j, qid, rfc5322_date(now))).encode())
+        env.priority = len(message) + 30000 * len(env.recipients)
+        spool.commit(env, fd)
+        log.info(qid, log.from_line(env, len(env.recipients), "", relay="localhost",
+                                    size=len(message)))
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return qid

@@ -1,0 +1,54 @@
+"""The router: decides, for one recipient address, which mailer delivers it where.
+
+One function, `resolve`, so that the sendmail.cf engine's ruleset 0 can take its
+place without touching its callers. Today it does what a stock Sendmail cf does for
+a host without a smart host: addresses in a local domain ($=w) go through aliases
+and ~/.forward (delivery.expand) to the local, prog or file mailers; every other
+domain goes to the SMTP mailer (esmtp), whose agent picks it up from the queue.
+"""
+from .. import addr as addrmod
+
+# Sendmail's names for our mailers, as -bv and logs print them.
+MAILER_NAMES = {"local": "local", "prog": "prog", "file": "*file*", "esmtp": "esmtp",
+                "error": "error", "remote": "esmtp"}
+
+
+class RouteContext:
+    """What the router needs to know: paths, options, local host names, a log callback."""
+
+    __slots__ = ("layout", "options", "ident", "log", "no_alias")
+
+    def __init__(self, layout, options, ident, log=None, no_alias=False):
+        self.layout = layout
+        self.options = options
+        self.ident = ident
+        self.log = log or (lambda msg: None)
+        self.no_alias = no_alias
+
+    def is_local(self, domain):
+        return self.ident.is_local(domain)
+
+
+def resolve(text, ctx):
+    """Resolve one address (str) to a list of expand.Target. Raises AddressError on bad syntax."""
+    from .expand import Target, expand
+    a = addrmod.parse(text)
+    bare = a.bare
+    if bare in ("", "<>"):
+        raise addrmod.AddressError(text, "User address required")
+    if ctx.is_local(a.domain):
+        if ctx.no_alias:
+            return [Target(address=a.local, mailer="local", user=a.local)] if _local_user(a.local) \
+                else [Target(address=a.local, mailer="error", status="5.1.1",
+                             diag="550 5.1.1 User unknown")]
+        return expand(bare, ctx)
+    return [Target(address=bare, mailer="esmtp", user=bare, host=a.domain.lower())]
+
+
+def _local_user(name):
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
