@@ -544,3 +544,19 @@ def test_newaliases_locked_and_cannot_create(tmp_path):
     assert err.startswith(f"Cannot create database for alias file {path}: ")
     assert sorted(os.listdir(tmp_path)) == ["aliases", "aliases.db"]
     assert os.listdir(path + ".db") == []
+
+
+def test_several_alias_files(tmp_path):
+    main = write(tmp_path / "aliases", "a: first\nshared: main\n")
+    local = write(tmp_path / "local", "b: second\nshared: local\n")
+    opts = {"AliasFile": f"hash:{main}, nis:mail.aliases, {local}"}
+    assert aliases.aliases_paths(None, opts) == [main, local]
+    rc, out, err = run_cli(None, opts)
+    assert rc == 0 and err == ""
+    assert out.splitlines() == [f"{main}: 2 aliases, longest 5 bytes, 16 bytes total",
+                                f"{local}: 2 aliases, longest 6 bytes, 18 bytes total"]
+    assert aliases.lookup(None, "b", None, opts) == ["second"]
+    assert aliases.lookup(None, "shared", None, opts) == ["main"]
+    ctx = ex.Context(layout_mod.for_root(str(tmp_path)), opts)
+    (t,) = ex.expand("b", ctx)
+    assert (t.mailer, t.address) == ("error", "second")

@@ -20,13 +20,20 @@ import sys
 def main(argv, layout, options=None, stdout=None, stderr=None):
     """Rebuild the aliases database; returns the exit status. `argv` is ignored
     (Sendmail ignores newaliases' arguments too); the path comes from
-    options["AliasFile"] if set, else layout.aliases."""
+    options["AliasFile"] if set (each file of its comma-separated list is rebuilt, one
+    summary line each), else layout.aliases."""
     from pysendmail import errors
     from pysendmail.config import aliases
 
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
-    path = aliases.aliases_path(layout, options or {})
+    status = errors.EX_OK
+    for path in aliases.aliases_paths(layout, options or {}):
+        status = max(status, _one(path, out, err, errors, aliases))
+    return status
+
+
+def _one(path, out, err, errors, aliases):
     try:
         with open(path, "rb"):
             pass

@@ -332,27 +332,46 @@ def _parsed_cached(path, st):
     return parsed
 
 
-def aliases_path(layout_or_path, options=None):
-    """The aliases file: options["AliasFile"] if set, else layout.aliases (or a path)."""
+_FILE_CLASSES = ("hash", "btree", "dbm", "implicit", "text", "pysm")
+
+
+def aliases_paths(layout_or_path, options=None):
+    """The aliases files, in lookup order: the AliasFile option (Sendmail's
+    comma-separated list, each entry optionally ``class:path``; classes that are not
+    files, such as nis or ldap, are skipped) if set, else layout.aliases (or a path)."""
     if options:
-        af = options.get("AliasFile") or options.get("A")
-        if af:
-            # Sendmail accepts "hash:/etc/mail/aliases"; the first file is ours.
-            af = af.split(",")[0].strip()
-            if ":" in af and not af.startswith("/"):
-                af = af.split(":", 1)[1]
-            return af
+        spec = options.get("AliasFile") or options.get("A")
+        if spec:
+            out = []
+            for item in spec.split(","):
+                item = item.strip()
+                if not item:
+                    continue
+                if not item.startswith("/") and ":" in item:
+                    cls, item = item.split(":", 1)
+                    if cls.strip().lower() not in _FILE_CLASSES:
+                        continue
+                    item = item.strip()
+                    if item.startswith("-"):
+                        # map flags before the file name, e.g. "hash:-N /etc/aliases"
+                        item = item.split()[-1]
+                if item:
+                    out.append(item)
+            if out:
+                return out
+    if isinstance(layout_or_path, (list, tuple)):
+        return list(layout_or_path)
     if isinstance(layout_or_path, str):
-        return layout_or_path
-    return layout_or_path.aliases
+        return [layout_or_path]
+    return [layout_or_path.aliases]
 
 
-def lookup_value(layout_or_path, name, warn=None, options=None):
-    """The raw value of alias `name` (case-insensitive), or None.
+def aliases_path(layout_or_path, options=None):
+    """The first (main) aliases file; see `aliases_paths`."""
+    return aliases_paths(layout_or_path, options)[0]
 
-    Uses PATH.db when it is at least as new as the text file; otherwise parses the
-    text, calling warn("Warning: alias database PATH.db out of date") once per lookup."""
-    path = aliases_path(layout_or_path, options)
+
+def _lookup_one(path, name, warn):
     db = db_path_for(path)
     try:
         text_st = os.stat(path)
@@ -379,6 +398,20 @@ def lookup_value(layout_or_path, name, warn=None, options=None):
             warn(f"cannot open {path}: {exc.strerror}")
         return None
     return parsed.aliases.get(name.lower())
+
+
+def lookup_value(layout_or_path, name, warn=None, options=None):
+    """The raw value of alias `name` (case-insensitive), or None; the first file of
+    `aliases_paths` that defines it wins.
+
+    A file's PATH.db is used when it is at least as new as the text file; otherwise
+    the text is parsed (and cached by mtime) and warn("Warning: alias database PATH.db
+    out of date") is called, as Sendmail's aliaswait() says."""
+    for path in aliases_paths(layout_or_path, options):
+        value = _lookup_one(path, name, warn)
+        if value is not None:
+            return value
+    return None
 
 
 def lookup(layout_or_path, name, warn=None, options=None):

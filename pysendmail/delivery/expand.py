@@ -317,8 +317,8 @@ def _file_entries(data):
 def owner_of(list_name, ctx):
     """The errors-to address for list `list_name`: "owner-LIST" if that alias exists."""
     name = f"owner-{list_name}"
-    path = _aliases.aliases_path(ctx.layout, getattr(ctx, "options", None) or {})
-    if _aliases.lookup_value(path, name, None) is not None:
+    paths = _aliases.aliases_paths(ctx.layout, getattr(ctx, "options", None) or {})
+    if _aliases.lookup_value(paths, name, None) is not None:
         return name
     return None
 
@@ -329,7 +329,7 @@ class _Expander:
     def __init__(self, ctx):
         self.ctx = ctx
         self.options = getattr(ctx, "options", None) or {}
-        self.path = _aliases.aliases_path(ctx.layout, self.options)
+        self.paths = _aliases.aliases_paths(ctx.layout, self.options)
         try:
             self.max_depth = int(self.options.get("MaxAliasRecursion", MAX_ALIAS_RECURSION))
         except (TypeError, ValueError):
@@ -357,7 +357,7 @@ class _Expander:
             self.targets.append(t)
 
     def alias_value(self, name):
-        return _aliases.lookup_value(self.path, name, self._warn_once)
+        return _aliases.lookup_value(self.paths, name, self._warn_once)
 
     def loop_error(self, address, depth, parent, errors_to):
         msg = (f"aliasing/forwarding loop broken ({depth} aliases deep; "
