@@ -2,7 +2,6 @@
 datagrams to a syslog socket of our own, the file fallback, and fail2ban's filters."""
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -13,21 +12,14 @@ import pytest
 from pysendmail.log import Logger, format_delay, from_line, to_line, syslog_time
 from pysendmail.model import Envelope
 
-REF = "/work/shared/sendmail-ref/formats/09_syslog.txt"
-if not os.path.exists(REF):
-    REF = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                       "sendmail-ref", "formats", "09_syslog.txt")
+from conftest import require_program
+
 PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def need(program):
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("%s is not installed (CI needs it)" % program)
-        pytest.skip("%s is not installed" % program)
-    return path
+# shared/ lies beside the checkout (CI) or at /work/shared (development).
+REF = os.path.join(os.path.dirname(ROOT), "shared", "sendmail-ref", "formats", "09_syslog.txt")
+if not os.path.exists(REF):
+    REF = "/work/shared/sendmail-ref/formats/09_syslog.txt"
 
 
 def reference_lines():
@@ -282,7 +274,7 @@ FAIL2BAN_AUTH = "/etc/fail2ban/filter.d/sendmail-auth.conf"
 
 
 def _fail2ban(logfile, filt):
-    out = subprocess.run([need("fail2ban-regex"), "--print-all-matched", str(logfile), filt],
+    out = subprocess.run([require_program("fail2ban-regex"), "--print-all-matched", str(logfile), filt],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     m = re.search(r"^Lines: (\d+) lines, (\d+) ignored, (\d+) matched, (\d+) missed",
@@ -292,7 +284,7 @@ def _fail2ban(logfile, filt):
 
 
 def test_fail2ban_filters_match_our_lines(tmp_path):
-    need("fail2ban-regex")
+    require_program("fail2ban-regex")
     logfile = tmp_path / "maillog"
     log = Logger(log_file=str(logfile), syslog_socket=None, hostname="mta")
     log.notice("6AQEjQR0019689",
