@@ -15,8 +15,9 @@ child that has dropped to the recipient: setgroups([mail]), setgid(user's group)
 setuid(user) (journal.run_as). Root itself only does what the user cannot: it creates
 a missing /var/mail/USER with O_CREAT|O_EXCL|O_NOFOLLOW, 0600, owner USER, group mail
 (Debian's /var/mail is root:mail 2775), and for a missing Maildir whose nearest existing
-ancestor is a root-owned directory it makes that one next level (mkdir, then lchown to
-the user; mkdir never follows a symlink and the user cannot touch a root-owned parent).
+path is like %m/%u/Maildir it makes the missing shared levels (root-owned) and the
+level named after the user (mkdir 0700, then lchown), only inside root-owned
+directories: mkdir never follows a symlink and the user cannot touch those parents.
 Everything else (open with O_NOFOLLOW, fstat checks: regular, one link, owned by the
 user; locks; writes) runs with the user's rights, so quotas and permissions apply and a
 planted symlink or hard link cannot make root write anywhere. prog and file deliveries
@@ -29,6 +30,7 @@ import grp
 import logging
 import os
 import pwd
+import stat
 import time
 
 from ..model import DeliveryStatus
@@ -49,7 +51,20 @@ class MessageSource:
         self.sender = env.sender
         self.return_path = b"Return-Path: <" + _clean(env.sender).encode("utf-8", "surrogateescape") + b">\n"
         self.headers = env.header_block()
-        self.df_path = df_path
+        # Opened here, by the parent: a child that dropped to the user cannot open
+        # the root-only queue directory, but reads the inherited descriptor.
+        self.fd = os.open(df_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _body(self):
+        """A fresh buffered reader of the body from its start (own descriptor)."""
+        f = open(os.dup(self.fd), "rb", buffering=CHUNK)
+        f.seek(0)
+        return f
 
     def from_line(self, stamp):
         who = _clean(self.sender).replace(" ", "_").replace("\t", "_") or "MAILER-DAEMON"
@@ -61,7 +76,7 @@ class MessageSource:
         head = (self.return_path if with_return_path else b"") + self.headers + b"\n"
         if not mbox:
             yield head
-            with open(self.df_path, "rb") as f:
+            with self._body() as f:
                 while True:
                     data = f.read(CHUNK)
                     if not data:
@@ -71,7 +86,7 @@ class MessageSource:
         out = []
         size = 0
         last = b"\n"
-        for piece in _lines(head, self.df_path):
+        for piece in _lines(head, self._body()):
             if piece.startswith(b"From ") and last.endswith(b"\n"):
                 out.append(b">")
             out.append(piece)
@@ -87,12 +102,12 @@ class MessageSource:
         yield b"".join(out)
 
 
-def _lines(head, df_path):
+def _lines(head, body):
     """Lines of the message (pieces of at most CHUNK bytes; only the first piece of a
     line can start a line, and it is whole up to 5 bytes unless the line is shorter)."""
     for line in head.splitlines(keepends=True):
         yield line
-    with open(df_path, "rb") as f:
+    with body as f:
         while True:
             piece = f.readline(CHUNK)
             if not piece:
@@ -111,8 +126,7 @@ def _mail_gid():
         return None
 
 
-def maildir_path(options, layout, pw):
-    template = options.get("MaildirPath") or ("%h/Maildir" if layout.system else "%m/%u/Maildir")
+def _expand(template, layout, pw):
     out = []
     i = 0
     while i < len(template):
@@ -128,29 +142,47 @@ def maildir_path(options, layout, pw):
     return "".join(out)
 
 
-def _make_first_level(path, uid, gid):
-    """As root: create the first missing directory of `path` if its parent is a
-    root-owned directory (the user could not create it); chown it to the user."""
-    missing = []
-    cur = os.path.abspath(path)
-    while True:
+def _template(options, layout):
+    return options.get("MaildirPath") or ("%h/Maildir" if layout.system else "%m/%u/Maildir")
+
+
+def maildir_path(options, layout, pw):
+    """The recipient's Maildir: the MaildirPath template expanded."""
+    return _expand(_template(options, layout), layout, pw)
+
+
+def _prepare_user_root(options, layout, pw):
+    """As root, for a template like %m/%u/Maildir: create the missing shared levels
+    above the user's own directory (root-owned, 0755) and the first level named after
+    the user (mkdir 0700, then lchown to the user). Only inside root-owned real
+    directories, so a user cannot steer these mkdirs. Under %h the user does it all."""
+    parts = _template(options, layout).split("/")
+    cur = ""
+    for i, raw in enumerate(parts):
+        if "%h" in raw:
+            return
+        comp = _expand(raw, layout, pw)
+        if not comp:
+            cur = cur or "/"
+            continue
+        parent = cur or "/"
+        cur = os.path.join(parent, comp)
         try:
-            st = os.lstat(cur)
-            break
+            os.lstat(cur)
+            continue
         except FileNotFoundError:
-            missing.append(cur)
-            parent = os.path.dirname(cur)
-            if parent == cur:
-                return
-            cur = parent
-    if not missing or st.st_uid != 0 or not os.path.isdir(cur) or os.path.islink(cur):
-        return
-    first = missing[-1]
-    try:
-        os.mkdir(first, 0o700)
-    except FileExistsError:
-        return
-    os.lchown(first, uid, gid)
+            pass
+        pst = os.lstat(parent)
+        if pst.st_uid != 0 or not stat.S_ISDIR(pst.st_mode):
+            return
+        user_level = "%u" in raw
+        try:
+            os.mkdir(cur, 0o700 if user_level else 0o755)
+        except FileExistsError:
+            return
+        if user_level:
+            os.lchown(cur, pw.pw_uid, pw.pw_gid)
+            return
 
 
 def _create_mailbox(path, uid, gid):
@@ -188,7 +220,7 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
 
         if root:
             try:
-                _make_first_level(path, pw.pw_uid, pw.pw_gid)
+                _prepare_user_root(options, layout, pw)
             except OSError as e:
                 return DeliveryStatus("4.3.0", "%s: %s" % (path, e.strerror))
             return journal_mod.run_as(creds, work, journal_mod.NullJournal())
@@ -226,7 +258,10 @@ def deliver(env, rcpt_index, spool, layout, options):
     """Deliver message `env` to env.recipients[rcpt_index] (mailer local, prog or file)."""
     options = options or {}
     rcpt = env.recipients[rcpt_index]
-    source = MessageSource(env, spool.df(env.qid))
+    try:
+        source = MessageSource(env, spool.df(env.qid))
+    except OSError as e:
+        return DeliveryStatus("4.3.0", "cannot open queued body: %s" % e.strerror)
     try:
         if rcpt.mailer == "local":
             status = _deliver_mailbox(env, rcpt_index, rcpt, spool, layout, options, source)
@@ -242,6 +277,8 @@ def deliver(env, rcpt_index, spool, layout, options):
             status = DeliveryStatus("5.3.5", "not a local mailer: %s" % rcpt.mailer)
     except OSError as e:
         status = DeliveryStatus("4.3.0", "local delivery error: %s" % (e.strerror or e))
+    finally:
+        source.close()
     log.info("%s: to=%s, mailer=%s, dsn=%s, stat=%s", env.qid, rcpt.address, rcpt.mailer,
              status.status, status.reply)
     return status

@@ -30,8 +30,20 @@ def _host():
 
 
 def ensure(maildir, mode=0o700):
-    """Create the Maildir and its three subdirectories where missing."""
-    os.makedirs(maildir, mode, exist_ok=True)
+    """Create the Maildir (and any missing parents, all `mode`) and its subdirectories."""
+    missing = []
+    cur = os.path.abspath(maildir)
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            pass
     for sub in ("new", "cur", "tmp"):
         try:
             os.mkdir(os.path.join(maildir, sub), mode)

@@ -1,0 +1,637 @@
+"""Local delivery agent: mbox, Maildir, |prog and /file, with real files and processes.
+
+Messages are queued with Spool.allocate/commit, delivered with delivery.local.deliver,
+and read back with the stdlib `mailbox` module and byte by byte. Crash windows are
+recreated on disk (journal left, append missing or cut short) and delivery is run again.
+"""
+import grp
+import hashlib
+import mailbox
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from pysendmail import layout as layout_mod
+from pysendmail.delivery import journal as journal_mod
+from pysendmail.delivery.local import deliver
+from pysendmail.model import Envelope, Recipient
+from pysendmail.queue.spool import Spool
+
+ROOT = os.geteuid() == 0
+PY = sys.executable
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ME = pwd.getpwuid(os.geteuid()).pw_name
+HEADERS = [b"From: Alice <alice@example.com>", b"To: bob@example.org",
+           b"Subject: test\n\tfolded", b"X-Eight: caf\xc3\xa9"]
+BODY = b"Hello\nFrom the start of a line\n>From already quoted\n \xe9\xff 8-bit\nFrom\nend"
+
+
+def _queue(base, body=BODY, sender="alice@example.com", rcpts=None, headers=HEADERS):
+    lay = layout_mod.for_root(str(base))
+    spool = Spool(lay.queue)
+    spool.ensure()
+    env = Envelope(sender=sender, created=int(time.time()), headers=list(headers),
+                   recipients=rcpts or [Recipient(ME, mailer="local", user=ME)])
+    qid, fd = spool.allocate()
+    env.qid = qid
+    if isinstance(body, bytes):
+        os.write(fd, body)
+    else:
+        for chunk in body:
+            os.write(fd, chunk)
+    spool.commit(env, fd)
+    os.close(fd)
+    return env, spool, lay
+
+
+def _message(env, body, return_path=True):
+    rp = b"Return-Path: <%s>\n" % env.sender.encode() if return_path else b""
+    return rp + env.header_block() + b"\n" + body
+
+
+def _quoted(data):
+    out = []
+    for line in data.split(b"\n"):
+        out.append(b">" + line if line.startswith(b"From ") else line)
+    return b"\n".join(out)
+
+
+def _mbox_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _jf(spool, env, index=0):
+    return os.path.join(spool.path, "jf%s.%d" % (env.qid, index))
+
+
+# -- mbox ---------------------------------------------------------------------------------
+
+def test_mbox_message_read_back(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status == "2.0.0", st
+    path = os.path.join(lay.mail_dir, ME)
+    raw = _mbox_bytes(path)
+    first, rest = raw.split(b"\n", 1)
+    assert first.startswith(b"From alice@example.com ")
+    time.strptime(first.decode()[len("From alice@example.com "):], "%a %b %d %H:%M:%S %Y")
+    expected = _quoted(_message(env, BODY) + b"\n") + b"\n"
+    assert rest == expected
+    # mboxo: only "From " is quoted; ">From " and a bare "From" stay as they are
+    assert b"\n>From the start" in rest and b"\n>From already" in rest
+    assert b">>From" not in rest and b"\nFrom\nend" in rest
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    box = mailbox.mbox(path, create=False)
+    try:
+        msgs = list(box)
+        assert len(msgs) == 1
+        m = msgs[0]
+        assert m["Return-Path"] == "<alice@example.com>"
+        assert m["Subject"].replace("\n", "") == "test\tfolded"
+        assert m["To"] == "bob@example.org"
+        assert m.get_from().startswith("alice@example.com ")
+        assert b"8-bit" in box.get_bytes(0)
+        assert box.get_bytes(0).endswith(b"\nFrom\nend\n")
+        assert b" \xe9\xff 8-bit" in box.get_bytes(0)
+    finally:
+        box.close()
+
+
+def test_mbox_null_sender_and_second_message(tmp_path):
+    env, spool, lay = _queue(tmp_path, sender="")
+    assert deliver(env, 0, spool, lay, {}).ok
+    env2, _, _ = _queue(tmp_path, body=b"second\n")
+    assert deliver(env2, 0, spool, lay, {}).ok
+    path = os.path.join(lay.mail_dir, ME)
+    raw = _mbox_bytes(path)
+    assert raw.startswith(b"From MAILER-DAEMON ")
+    assert b"\nReturn-Path: <>\n" in raw
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert len(box) == 2
+        assert box.get_bytes(1).endswith(b"\n\nsecond\n")
+        assert box[0].get_from().startswith("MAILER-DAEMON ")
+    finally:
+        box.close()
+
+
+def test_mbox_pads_mailbox_without_final_blank_line(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    path = os.path.join(lay.mail_dir, ME)
+    with open(path, "wb") as f:
+        f.write(b"From x Thu Nov 26 14:45:26 2026\nSubject: old\n\nno final newline")
+    os.chmod(path, 0o600)
+    assert deliver(env, 0, spool, lay, {}).ok
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert len(box) == 2
+        assert box[0]["Subject"] == "old"
+        assert box[1]["Subject"].startswith("test")
+    finally:
+        box.close()
+
+
+def test_unknown_user(tmp_path):
+    env, spool, lay = _queue(tmp_path, rcpts=[Recipient("nosuchuserxyz", mailer="local",
+                                                        user="nosuchuserxyz")])
+    st = deliver(env, 0, spool, lay, {})
+    assert (st.status, st.reply) == ("5.1.1", "User unknown")
+    st = deliver(env, 0, spool, lay, {"MailboxFormat": "maildir"})
+    assert st.status == "5.1.1"
+
+
+def test_symlinked_mailbox_refused(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    target = tmp_path / "target"
+    target.write_bytes(b"precious\n")
+    os.symlink(str(target), os.path.join(lay.mail_dir, ME))
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status[0] in "45", st
+    assert target.read_bytes() == b"precious\n"
+    assert not os.path.exists(_jf(spool, env))
+
+
+def test_hardlinked_mailbox_refused(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    other = tmp_path / "other"
+    other.write_bytes(b"precious\n")
+    os.chmod(other, 0o600)
+    os.link(str(other), os.path.join(lay.mail_dir, ME))
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status[0] in "45", st
+    assert "link" in st.reply
+    assert other.read_bytes() == b"precious\n"
+
+
+def test_mbox_not_owned_by_recipient_refused(tmp_path):
+    if not ROOT:
+        pytest.skip("needs root to make a file owned by someone else")
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    path = os.path.join(lay.mail_dir, ME)
+    with open(path, "wb") as f:
+        f.write(b"")
+    os.chown(path, 65534, 65534)
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status.startswith("5.2"), st
+    assert os.path.getsize(path) == 0
+
+
+# -- journal replay (the kill -9 windows) ----------------------------------------------------
+
+def _one_message(path, env):
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert len(box) == 1
+        assert box.get_bytes(0) == _quoted(_message(env, BODY) + b"\n")
+    finally:
+        box.close()
+
+
+def test_replay_after_complete_append_does_not_duplicate(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    assert deliver(env, 0, spool, lay, {}).ok
+    jf = _jf(spool, env)
+    entry = journal_mod.Journal(spool.path, env.qid, 0).load()
+    assert entry is not None and entry["O"] == 0
+    path = os.path.join(lay.mail_dir, ME)
+    assert entry["L"] == os.path.getsize(path)
+    # killed before the qf said "sent": the queue runs it again
+    st = deliver(env, 0, spool, lay, {})
+    assert st.ok and "already" in st.reply
+    _one_message(path, env)
+    # a later message appended after ours does not confuse the check
+    env2, _, _ = _queue(tmp_path, body=b"later\n")
+    assert deliver(env2, 0, spool, lay, {}).ok
+    assert deliver(env, 0, spool, lay, {}).reply.endswith("(already in mailbox)")
+    box = mailbox.mbox(path, create=False)
+    assert len(box) == 2
+    box.close()
+    assert os.path.exists(jf)
+    spool.remove(env.qid)
+    assert not os.path.exists(jf)
+
+
+def test_replay_journal_written_nothing_appended(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    path = os.path.join(lay.mail_dir, ME)
+    env0, _, _ = _queue(tmp_path, body=b"earlier\n")
+    assert deliver(env0, 0, spool, lay, {}).ok
+    size0 = os.path.getsize(path)
+    assert deliver(env, 0, spool, lay, {}).ok
+    os.truncate(path, size0)  # killed after the journal, before the append
+    st = deliver(env, 0, spool, lay, {})
+    assert st.reply == "Delivered"
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert len(box) == 2
+        assert box.get_bytes(1) == _quoted(_message(env, BODY) + b"\n")
+    finally:
+        box.close()
+
+
+@pytest.mark.parametrize("cut", [1, 40, 0.5, -1])
+def test_replay_truncates_partial_append(tmp_path, cut):
+    env0, spool, lay = _queue(tmp_path, body=b"earlier\n")
+    assert deliver(env0, 0, spool, lay, {}).ok
+    path = os.path.join(lay.mail_dir, ME)
+    size0 = os.path.getsize(path)
+    env, _, _ = _queue(tmp_path)
+    assert deliver(env, 0, spool, lay, {}).ok
+    full = os.path.getsize(path)
+    length = full - size0
+    keep = int(length * cut) if isinstance(cut, float) else (cut if cut > 0 else length + cut)
+    os.truncate(path, size0 + keep)  # killed in the middle of the append
+    st = deliver(env, 0, spool, lay, {})
+    assert st.reply == "Delivered", st
+    raw = _mbox_bytes(path)
+    assert len(raw) == size0 + length
+    box = mailbox.mbox(path, create=False)
+    try:
+        assert len(box) == 2
+        assert box.get_bytes(1) == _quoted(_message(env, BODY) + b"\n")
+    finally:
+        box.close()
+
+
+def test_replay_mailbox_changed_delivers_again(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    assert deliver(env, 0, spool, lay, {}).ok
+    path = os.path.join(lay.mail_dir, ME)
+    os.truncate(path, 30)  # partial, then another writer appended something else
+    with open(path, "ab") as f:
+        f.write(b"\nFrom other Thu Nov 26 14:45:26 2026\nSubject: other\n\nx\n\n")
+    st = deliver(env, 0, spool, lay, {})
+    assert st.reply == "Delivered"
+    assert _mbox_bytes(path).endswith(_quoted(_message(env, BODY) + b"\n") + b"\n")
+
+
+def test_write_error_rolls_back(tmp_path):
+    """A real write failure (RLIMIT_FSIZE) mid-append leaves the mailbox as it was."""
+    env0, spool, lay = _queue(tmp_path, body=b"earlier\n")
+    assert deliver(env0, 0, spool, lay, {}).ok
+    path = os.path.join(lay.mail_dir, ME)
+    before = _mbox_bytes(path)
+    env, _, _ = _queue(tmp_path, body=b"x" * 300000 + b"\n")
+    script = textwrap.dedent("""
+        import resource, signal, sys
+        sys.path.insert(0, %r)
+        from pysendmail import layout
+        from pysendmail.delivery.local import deliver
+        from pysendmail.queue.spool import Spool
+        lay = layout.for_root(%r)
+        spool = Spool(lay.queue)
+        env = spool.load(%r)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (%d, %d))
+        st = deliver(env, 0, spool, lay, {})
+        print(st.status, st.reply)
+    """) % (REPO, str(tmp_path), env.qid, len(before) + 100000, len(before) + 100000)
+    out = subprocess.run([PY, "-c", script], capture_output=True, timeout=60, check=True)
+    status = out.stdout.decode().split()[0]
+    assert status.startswith("4."), out
+    assert _mbox_bytes(path) == before
+    assert not os.path.exists(_jf(spool, env))
+    assert deliver(env, 0, spool, lay, {}).reply == "Delivered"
+
+
+# -- Maildir -----------------------------------------------------------------------------------
+
+def test_maildir_delivery_idempotent_and_sized(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    opts = {"MailboxFormat": "maildir", "MaildirPath": str(tmp_path / "md" / "%u")}
+    st = deliver(env, 0, spool, lay, opts)
+    assert st.status == "2.0.0", st
+    md = tmp_path / "md" / ME
+    for sub in ("new", "cur", "tmp"):
+        assert stat.S_IMODE(os.stat(md / sub).st_mode) == 0o700
+    names = os.listdir(md / "new")
+    assert len(names) == 1
+    name = names[0]
+    data = (md / "new" / name).read_bytes()
+    assert data == _message(env, BODY)
+    assert name.endswith(",S=%d" % len(data))
+    assert "Q%sR0." % env.qid in name
+    box = mailbox.Maildir(str(md), create=False)
+    (key,) = box.keys()
+    assert box.get_bytes(key) == data
+    assert box[key]["X-Eight"] is not None
+    # again (killed before the qf was updated): nothing new
+    st = deliver(env, 0, spool, lay, opts)
+    assert st.ok and "already" in st.reply
+    assert len(os.listdir(md / "new")) == 1
+    # read by an IMAP server: moved to cur/ with flags; a stale tmp file of ours is cleaned
+    os.rename(md / "new" / name, md / "cur" / (name + ":2,S"))
+    (md / "tmp" / ("1.M1P1Q%sR0.host" % env.qid)).write_bytes(b"half")
+    assert deliver(env, 0, spool, lay, opts).ok
+    assert os.listdir(md / "new") == [] and os.listdir(md / "tmp") == []
+    # another recipient index of the same message is a different delivery
+    env.recipients.append(Recipient(ME, mailer="local", user=ME))
+    assert deliver(env, 1, spool, lay, opts).reply == "Delivered"
+    assert len(os.listdir(md / "new")) == 1
+    assert len(mailbox.Maildir(str(md), create=False)) == 2
+
+
+def test_maildir_default_private_path(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    assert deliver(env, 0, spool, lay, {"MailboxFormat": "maildir"}).ok
+    md = os.path.join(lay.mail_dir, ME, "Maildir")
+    assert len(mailbox.Maildir(md, create=False)) == 1
+
+
+# -- big messages in bounded memory ---------------------------------------------------------
+
+BIG_SCRIPT = """
+import hashlib, os, resource, sys, time
+sys.path.insert(0, %(repo)r)
+from pysendmail import layout
+from pysendmail.delivery.local import deliver
+from pysendmail.model import Envelope, Recipient
+from pysendmail.queue.spool import Spool
+lay = layout.for_root(%(base)r)
+spool = Spool(lay.queue); spool.ensure()
+me = %(me)r
+env = Envelope(sender="big@example.com", headers=[b"Subject: big"],
+               recipients=[Recipient(me, mailer="local", user=me)])
+qid, fd = spool.allocate(); env.qid = qid
+line = b"0123456789 abcdefghijklmnopqrstuvwxyz \\xe9\\xe8 ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\\n"
+block = (line * 99 + b"From a line that needs quoting\\n")
+n = 0
+while n < 50 * 1024 * 1024:
+    os.write(fd, block); n += len(block)
+spool.commit(env, fd); os.close(fd)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+st = deliver(env, 0, spool, lay, %(opts)r)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(st.status, n, before, after, kids)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["mbox", "maildir"])
+def test_50mb_message_bounded_memory(tmp_path, fmt):
+    opts = {"MailboxFormat": fmt}
+    if fmt == "maildir":
+        opts["MaildirPath"] = str(tmp_path / "md")
+    script = BIG_SCRIPT % {"repo": REPO, "base": str(tmp_path), "me": ME, "opts": opts}
+    out = subprocess.run([PY, "-c", script], capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    status, n, before, after, kids = out.stdout.decode().split()
+    n, before, after, kids = int(n), int(before), int(after), int(kids)
+    assert status == "2.0.0"
+    assert after - before < 30 * 1024, (before, after)  # KB
+    assert kids < before + 30 * 1024, (before, kids)
+    line = (b"0123456789 abcdefghijklmnopqrstuvwxyz \xe9\xe8 ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+            b" 0123456789\n")
+    block = line * 99 + b"From a line that needs quoting\n"
+    head = b"Return-Path: <big@example.com>\nSubject: big\n\n"
+    h = hashlib.sha256()
+    if fmt == "mbox":
+        path = os.path.join(str(tmp_path), "mail", ME)
+        qblock = line * 99 + b">From a line that needs quoting\n"
+        with open(path, "rb") as f:
+            first = f.readline()
+            assert first.startswith(b"From big@example.com ")
+            size = len(first)
+            h2 = hashlib.sha256()
+            while True:
+                data = f.read(1 << 20)
+                if not data:
+                    break
+                h2.update(data)
+                size += len(data)
+        h.update(head)
+        for _ in range(n // len(block)):
+            h.update(qblock)
+        h.update(b"\n")
+        assert h2.hexdigest() == h.hexdigest()
+        assert size == len(first) + len(head) + (n // len(block)) * len(qblock) + 1
+    else:
+        (name,) = os.listdir(tmp_path / "md" / "new")
+        path = tmp_path / "md" / "new" / name
+        size = os.path.getsize(path)
+        assert size == len(head) + n
+        assert name.endswith(",S=%d" % size)
+
+
+# -- prog and file ---------------------------------------------------------------------------
+
+def _world_dir():
+    d = tempfile.mkdtemp(prefix="pysm-ld-")
+    os.chmod(d, 0o777)
+    return d
+
+
+def _prog_env(tmp_path, command, owner="", body=BODY):
+    return _queue(tmp_path, body=body,
+                  rcpts=[Recipient("|" + command, mailer="prog", user=command, owner=owner)])
+
+
+def test_prog_gets_message_on_stdin(tmp_path):
+    d = _world_dir()
+    try:
+        out = os.path.join(d, "out")
+        cmd = "cat > %s; printf '%%s %%s %%s %%s' \"$SENDER\" \"$(id -u)\" \"$PATH\" \"$SHELL\" > %s.env" \
+            % (out, out)
+        env, spool, lay = _prog_env(tmp_path, cmd)
+        st = deliver(env, 0, spool, lay, {})
+        assert st.status == "2.0.0", st
+        with open(out, "rb") as f:
+            assert f.read() == _message(env, BODY, return_path=False)
+        with open(out + ".env") as f:
+            sender, uid, path, shell = f.read().split()
+        assert sender == "alice@example.com" and path == "/bin:/usr/bin" and shell == "/bin/sh"
+        if ROOT:
+            assert int(uid) == pwd.getpwnam("mail").pw_uid  # DefaultUser, never root
+        else:
+            assert int(uid) == os.geteuid()
+    finally:
+        shutil.rmtree(d)
+
+
+@pytest.mark.parametrize("code,status,text", [
+    (75, "4.0.0", "Deferred"), (67, "5.1.1", "User unknown"), (64, "5.3.0", "Bad usage"),
+    (3, "5.3.0", "unknown mailer error 3"), (74, "4.3.0", "I/O error")])
+def test_prog_exit_status(tmp_path, code, status, text):
+    env, spool, lay = _prog_env(tmp_path, "cat >/dev/null; echo oops; exit %d" % code)
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status == status
+    assert st.reply == "%s: oops" % text
+
+
+def test_prog_not_reading_stdin_big_message(tmp_path):
+    env, spool, lay = _prog_env(tmp_path, "exit 0", body=b"y" * 5000000)
+    assert deliver(env, 0, spool, lay, {}).status == "2.0.0"
+
+
+def test_prog_timeout(tmp_path):
+    env, spool, lay = _prog_env(tmp_path, "sleep 30")
+    t = time.monotonic()
+    st = deliver(env, 0, spool, lay, {"Timeout.prog": "1s"})
+    assert st.temporary
+    assert time.monotonic() - t < 10
+
+
+def test_file_delivery(tmp_path):
+    d = _world_dir()
+    try:
+        path = os.path.join(d, "log.mbox")
+        env, spool, lay = _queue(tmp_path, rcpts=[Recipient(path, mailer="file", user=path)])
+        assert deliver(env, 0, spool, lay, {}).status == "2.0.0"
+        assert deliver(env, 0, spool, lay, {}).reply.endswith("(already in mailbox)")
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        if ROOT:
+            assert st.st_uid == pwd.getpwnam("mail").pw_uid
+        box = mailbox.mbox(path, create=False)
+        assert len(box) == 1 and box.get_bytes(0) == _quoted(_message(env, BODY) + b"\n")
+        box.close()
+        # symlink and executable file refused
+        target = os.path.join(d, "target")
+        with open(target, "wb") as f:
+            f.write(b"keep")
+        link = os.path.join(d, "link")
+        os.symlink(target, link)
+        env2, spool2, lay2 = _queue(tmp_path / "b", rcpts=[Recipient(link, mailer="file", user=link)])
+        assert not deliver(env2, 0, spool2, lay2, {}).ok
+        with open(target, "rb") as f:
+            assert f.read() == b"keep"
+        os.chmod(target, 0o777)
+        env3, spool3, lay3 = _queue(tmp_path / "c", rcpts=[Recipient(target, mailer="file",
+                                                                     user=target)])
+        st3 = deliver(env3, 0, spool3, lay3, {})
+        assert st3.status.startswith("5") and "executable" in st3.reply
+    finally:
+        shutil.rmtree(d)
+
+
+# -- as root, to a real other user ------------------------------------------------------------
+
+TEST_USER = "pysm-test1"
+
+
+@pytest.fixture
+def other_user():
+    if not ROOT:
+        pytest.skip("needs root")
+    subprocess.run(["userdel", TEST_USER], capture_output=True)
+    subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                    TEST_USER], check=True, capture_output=True)
+    try:
+        yield pwd.getpwnam(TEST_USER)
+    finally:
+        subprocess.run(["userdel", TEST_USER], capture_output=True)
+
+
+@pytest.fixture
+def open_base():
+    d = tempfile.mkdtemp(prefix="pysm-ld-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
+def test_root_delivers_as_user(tmp_path, other_user, open_base):
+    mail_gid = grp.getgrnam("mail").gr_gid
+    lay = layout_mod.for_root(str(tmp_path))
+    lay.mail_dir = os.path.join(open_base, "mail")
+    os.mkdir(lay.mail_dir)
+    os.chown(lay.mail_dir, 0, mail_gid)
+    os.chmod(lay.mail_dir, 0o2775)  # like Debian's /var/mail
+    rc = [Recipient(TEST_USER, mailer="local", user=TEST_USER)]
+    env, spool, _ = _queue(tmp_path, rcpts=rc)
+    st = deliver(env, 0, spool, lay, {})
+    assert st.status == "2.0.0", st
+    path = os.path.join(lay.mail_dir, TEST_USER)
+    s = os.stat(path)
+    assert (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)) == (other_user.pw_uid, mail_gid, 0o600)
+    env2, _, _ = _queue(tmp_path, rcpts=rc, body=b"two\n")
+    assert deliver(env2, 0, spool, lay, {}).ok
+    assert deliver(env, 0, spool, lay, {}).reply.endswith("(already in mailbox)")
+    box = mailbox.mbox(path, create=False)
+    assert len(box) == 2 and box.get_bytes(0) == _quoted(_message(env, BODY) + b"\n")
+    box.close()
+    assert not os.path.exists(path + ".lock")
+    # a mailbox the user does not own is refused: the kernel says no (0600), or our
+    # owner check does (0666), and nothing is written
+    size = os.path.getsize(path)
+    os.chown(path, 0, 0)
+    env3, _, _ = _queue(tmp_path, rcpts=rc)
+    assert deliver(env3, 0, spool, lay, {}).status.startswith("4.")
+    os.chmod(path, 0o666)
+    st = deliver(env3, 0, spool, lay, {})
+    assert st.status.startswith("5.2") and "owned by uid 0" in st.reply, st
+    assert os.path.getsize(path) == size
+    # Maildir under a root-owned directory: root makes one level, the user the rest
+    opts = {"MailboxFormat": "maildir", "MaildirPath": "%m/md/%u/Maildir"}
+    os.chmod(lay.mail_dir, 0o755)
+    st = deliver(env, 0, spool, lay, opts)
+    assert st.ok, st
+    md = os.path.join(lay.mail_dir, "md", TEST_USER, "Maildir")
+    for p in (os.path.dirname(md), md, md + "/new", md + "/tmp"):
+        s = os.stat(p)
+        assert s.st_uid == other_user.pw_uid and stat.S_IMODE(s.st_mode) == 0o700, p
+    (name,) = os.listdir(md + "/new")
+    s = os.stat(os.path.join(md, "new", name))
+    assert s.st_uid == other_user.pw_uid and stat.S_IMODE(s.st_mode) == 0o600
+    # prog and file run as the owner
+    out = os.path.join(open_base, "w")
+    os.mkdir(out)
+    os.chmod(out, 0o777)
+    cmd = "id -u > %s/uid" % out
+    envp, _, _ = _queue(tmp_path, rcpts=[Recipient("|" + cmd, mailer="prog", user=cmd,
+                                                   owner=TEST_USER)])
+    assert deliver(envp, 0, spool, lay, {}).ok
+    with open(os.path.join(out, "uid")) as f:
+        assert int(f.read()) == other_user.pw_uid
+    fpath = os.path.join(out, "f.mbox")
+    envf, _, _ = _queue(tmp_path, rcpts=[Recipient(fpath, mailer="file", user=fpath,
+                                                   owner=TEST_USER)])
+    assert deliver(envf, 0, spool, lay, {}).ok
+    assert os.stat(fpath).st_uid == other_user.pw_uid
+
+
+def test_private_instance_as_plain_user(other_user, open_base):
+    """A non-root private instance delivers as itself, with no fork or privileges."""
+    base = os.path.join(open_base, "inst")
+    os.mkdir(base)
+    os.chown(base, other_user.pw_uid, other_user.pw_gid)
+    script = textwrap.dedent("""
+        import os, sys, mailbox
+        sys.path.insert(0, %r)
+        from pysendmail import layout
+        from pysendmail.delivery.local import deliver
+        from pysendmail.model import Envelope, Recipient
+        from pysendmail.queue.spool import Spool
+        lay = layout.for_root(%r)
+        spool = Spool(lay.queue); spool.ensure()
+        env = Envelope(sender="s@example.com", headers=[b"Subject: p"],
+                       recipients=[Recipient("root", mailer="local", user="root")])
+        qid, fd = spool.allocate(); env.qid = qid
+        os.write(fd, b"From x\\n"); spool.commit(env, fd)
+        a = deliver(env, 0, spool, lay, {}); b = deliver(env, 0, spool, lay, {})
+        box = mailbox.mbox(os.path.join(lay.mail_dir, "root"), create=False)
+        print(a.status, b.reply.replace(" ", "_"), len(box), os.stat(box._path).st_uid)
+    """) % (REPO, base)
+    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else PY
+    out = subprocess.run([py, "-c", script], capture_output=True, timeout=60,
+                         user=other_user.pw_uid, group=other_user.pw_gid, extra_groups=[],
+                         cwd="/")
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    a, b, n, uid = out.stdout.decode().split()
+    assert a == "2.0.0" and b.endswith("(already_in_mailbox)") and n == "1"
+    assert int(uid) == other_user.pw_uid
