@@ -370,7 +370,7 @@ def test_include_safety(tmp_path):
                              f"link: :include:{inc_dir / 'link'}\n"
                              f"missing: :include:{inc_dir / 'nothere'}\n"
                              f"self: :include:{inc_dir / 'self'}\n")
-    write(inc_dir / "self", f"self, carol@example.org\n")
+    write(inc_dir / "self", "self, carol@example.org\n")
     t = ex.expand("good", ctx)
     assert by_mailer(t) == [("local", "root"), ("prog", "/bin/cat"),
                             ("remote", "carol@example.org")]
@@ -525,6 +525,15 @@ def test_include_owner_rules(tmp_path, fwd_user):
     put_forward(pw, f":include:{users}\n")
     assert sorted((x.mailer, x.owner) for x in ex.expand(USER, ctx)) == [
         ("file", USER), ("prog", USER)]
+    # A user without a shell from /etc/shells cannot mail to programs or files.
+    subprocess.run(["usermod", "-s", "/usr/sbin/nologin", USER], check=True,
+                   capture_output=True, timeout=30)
+    put_forward(pw, '"|/bin/cat", carol@example.org\n')
+    t = ex.expand(USER, ctx)
+    assert by_mailer(t) == [("error", '"|/bin/cat"'), ("remote", "carol@example.org")]
+    (e,) = [x for x in t if x.mailer == "error"]
+    assert (e.status, e.diag) == (
+        "5.7.1", f"550 5.7.1 User {USER} doesn't have a valid shell for mailing to programs")
 
 
 def test_newaliases_locked_and_cannot_create(tmp_path):
