@@ -151,6 +151,13 @@ def to_line(rcpt_addrs, delay_seconds, mailer, pri, stat, dsn=None, reply=None,
     return ", ".join(parts)
 
 
+def dsn_line(dsn_qid, what, reason):
+    """The text Sendmail logs when it queues a DSN, after the original's "QID: ":
+    "6AQFjQS0019700: DSN: User unknown". `what` is "DSN" (a bounce), "sender
+    notify" (a delay warning), "return to sender" or "postmaster notify"."""
+    return "%s: %s: %s" % (dsn_qid, what, reason)
+
+
 class Logger:
     """Writes Sendmail-format log lines to syslog or, failing that, to `log_file`.
 
@@ -243,14 +250,17 @@ class Logger:
         return False
 
     def _send(self, severity, stamp, pid, text):
-        if self._sock is None or self._sock_pid != os.getpid():
-            # A child after fork keeps a working datagram socket, but a stream
-            # connection must not be shared: reconnect in each process.
-            if self._sock is not None and self._stream:
-                self._sock = None
-            if self._sock is None:
-                if not self._syslog_available() or not self._connect():
-                    return False
+        if self._sock is not None and self._sock_pid != os.getpid():
+            # A child after fork may keep using a datagram socket, but a stream
+            # connection must not be shared: reconnect in each process (closing
+            # the child's copy of the fd leaves the parent's connection alone).
+            if self._stream:
+                self.close()
+            else:
+                self._sock_pid = os.getpid()
+        if self._sock is None:
+            if not self._syslog_available() or not self._connect():
+                return False
         data = self.datagram(severity, stamp, pid, text)
         for attempt in (1, 2):
             try:

@@ -311,3 +311,27 @@ def test_fail2ban_filters_match_our_lines(tmp_path):
     match, missed, text = _fail2ban(auth, FAIL2BAN_AUTH)
     assert (match, missed) == (2, 1), text
     assert "192.0.2.2" in text and "192.0.2.1" in text
+
+
+def test_forked_child_logs_its_own_pid(receiver):
+    path, sock = receiver
+    log = Logger(syslog_socket=path)
+    log.info(None, "parent")
+    child = os.fork()
+    if child == 0:
+        code = 1
+        try:
+            log.info(None, "child")
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert status == 0
+    got = [sock.recv(4096).decode() for _ in range(2)]
+    assert got[0].endswith("sendmail[%d]: NOQUEUE: parent" % os.getpid())
+    assert got[1].endswith("sendmail[%d]: NOQUEUE: child" % child)
+
+
+def test_dsn_line():
+    from pysendmail.log import dsn_line
+    assert dsn_line("6AQFjQS0019700", "DSN", "User unknown") == "6AQFjQS0019700: DSN: User unknown"

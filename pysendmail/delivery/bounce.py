@@ -185,8 +185,7 @@ def _scan(env, body_path, full, boundary):
     return has8, found
 
 
-def _human_part(env, reported, kind, pm_notify, transcript, warn_after, return_after,
-                hostname):
+def _human_part(env, reported, kind, pm_notify, transcript, warn_after, return_after):
     lines = []
     if kind == "delay":
         lines += ["    **********************************************",
@@ -360,7 +359,7 @@ def write_dsn(out, env, recipients, kind, body_path, hostname, now,
     head.append("--" + boundary)
     head.append("")
     head += _human_part(env, reported, kind, pm_notify, transcript, warn_after,
-                        return_after, hostname)
+                        return_after)
     head.append("")
     head.append("--" + boundary)
     head.append("Content-Type: message/delivery-status")
