@@ -97,6 +97,9 @@ def main(argv=None):
     out = args.out or os.path.join(os.path.dirname(HERE), "results", stamp)
     os.makedirs(out, exist_ok=True)
     ctx = Context(args, out)
+    # spawned commands inherit the cwd: keep the source tree off their sys.path
+    os.makedirs(ctx.work, exist_ok=True)
+    os.chdir(ctx.work)
     m = meta(ctx)
     ctx.log(f"bench {stamp}: phases {' '.join(args.phases)}; pysendmail {m['pysendmail']} "
             f"(git {m['git_head']}{' dirty' if m['git_dirty'] else ''}); load {m['loadavg']}")

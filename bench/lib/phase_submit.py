@@ -12,6 +12,10 @@ Cases, timed interleaved round by round by proc_time.run_interleaved:
   e  <venv python> -c pass             CPython floor with site
   f  <venv python> -I -S -c pass       CPython floor as the shim starts it
   g  <venv python> -I -S -c "import pysendmail.cli.main"  (start-up + imports only)
+  h  b through an "ideal" shim the bench writes (target.IdealShim): `#!<venv python> -IS`,
+     the venv's site-packages appended by absolute path, then pysendmail.cli.main. The
+     installed shim can differ: pip rewrites `#!python -I -S` to `#!<venv python>` (flags
+     dropped), and under -S in a venv sys.prefix is the base interpreter's, not the venv's.
 
 A preflight runs every case once with stderr captured: a pysendmail case that
 fails (CLI not there yet, crash) is reported with its error and left out of the
@@ -26,7 +30,7 @@ import tempfile
 import mkmsg
 import proc_time
 from postfix_private import PrivatePostfix
-from target import BASE_ENV, Instance
+from target import BASE_ENV, IdealShim, Instance
 
 TARGET_RATIO = 1.25
 TARGET_RSS_MIB = 12.0
@@ -53,6 +57,8 @@ def build_cases(ctx):
     odq = Instance(venv, os.path.join(roots, "odq"))
     odi = Instance(venv, os.path.join(roots, "odi"))
     odb = Instance(venv, os.path.join(roots, "odb"))
+    odq_is = Instance(venv, os.path.join(roots, "odq-IS"))
+    ideal = IdealShim(venv, os.path.join(ctx.work, "ideal"))
     py = venv.python
     sp = venv.site_packages()
     cases = [
@@ -62,6 +68,10 @@ def build_cases(ctx):
                        note="effect = files in the private maildrop/"),
         proc_time.Case("b", "pysendmail -odq (queue-only)", odq.argv("-odq", "-t", "-i"), msg, odq.env,
                        count=odq.queued, clean=odq.clean, note="effect = control files queued"),
+        proc_time.Case("h", "pysendmail -odq, ideal shim (`#!python -IS`, path baked in)",
+                       ideal.argv("-odq", "-t", "-i"), msg, odq_is.env, count=odq_is.queued,
+                       clean=odq_is.clean, note="a shim the bench writes: the installed package, started "
+                                                "with -I -S and its site-packages path hard-coded"),
         proc_time.Case("c", "pysendmail -odi (deliver to mbox, then exit)", odi.argv("-odi", "-t", "-i"), msg,
                        odi.env, settle=odi.settle, count=odi.delivered, clean=odi.clean,
                        note="effect = messages in the private mailbox"),
@@ -110,7 +120,7 @@ def run(ctx):
         "phase": "submit", "seconds": round(secs, 1), "message": msg, "message_bytes": os.path.getsize(msg),
         "rcpt": ctx.rcpt, "postfix_version": pf.version(), "rounds": ctx.rounds, "warmup": ctx.warmup,
         "rss_runs": ctx.rss_runs, "targets": {"ratio_vs_postfix": TARGET_RATIO, "rss_mib": TARGET_RSS_MIB},
-        "results": results, "failed": failed,
+        "results": results, "failed": failed, "shebang": ctx.venv.shebang(ctx.venv.sendmail),
     }
 
 
@@ -144,6 +154,12 @@ def report(data):
                    f"{_f(rss_med)} ({_f(rss_max)}) | {vs_pf} | {vs_py} | {','.join(map(str, r['exit_codes']))} | {eff} |")
     for f in data["failed"]:
         out.append(f"| {f['key']} | {f['label']} | not measured: exit {f['exit']} in preflight | | | | | | | |")
+    sb = data.get("shebang") or ""
+    flags = sb.split()[1:]
+    out += ["", f"Installed shim's first line: `{sb}`" + ("" if "-I" in flags and "-S" in flags else
+            " -- the `-I -S` of bin/sendmail's `#!python -I -S` is LOST (pip rewrites `#!python...` to the bare "
+            "interpreter path): the installed command imports `site` and runs the .pth files; compare b with h "
+            "(h = the same package through a shim with `-I -S` and the path baked in).")]
     out += ["", "Commands:", ""]
     for r in data["results"]:
         out.append(f"- {r['key']}: `{' '.join(r['argv'])}`" + (" < msg" if r["stdin"] else "")
@@ -156,7 +172,7 @@ def report(data):
     out += ["", f"Targets (issue 2): median wall <= {t['ratio_vs_postfix']}x postfix (both the paired ratio and "
                 f"the ratio of medians), peak RSS <= {t['rss_mib']} MiB:", ""]
     for r in data["results"]:
-        if r["key"] not in ("b", "c", "d"):
+        if r["key"] not in ("b", "c", "d", "h"):
             continue
         rp = r["ratios"].get("postfix") or {}
         worst = max(x for x in (rp.get("paired"), rp.get("of_medians"), 0) if x is not None)

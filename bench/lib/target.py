@@ -41,7 +41,7 @@ class Venv:
 
     def site_packages(self):
         return subprocess.run([self.python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                              capture_output=True, text=True, timeout=30).stdout.strip()
+                              capture_output=True, text=True, timeout=30, cwd="/").stdout.strip()
 
     def shebang(self, script):
         try:
@@ -53,7 +53,7 @@ class Venv:
     def pysendmail_version(self):
         r = subprocess.run([self.python, "-c", "import pysendmail, os; print(getattr(pysendmail, '__version__', '?'),"
                             " os.path.dirname(pysendmail.__file__))"],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, cwd="/")
         return r.stdout.strip() or r.stderr.strip()[-300:]
 
 
@@ -67,7 +67,7 @@ class Instance:
         code = ("import json, pysendmail.layout as l; L = l.for_root(%r); "
                 "print(json.dumps({'queue': L.queue, 'maildrop': L.maildrop, 'mail_dir': L.mail_dir,"
                 " 'spool': L.spool, 'log_file': L.log_file}))" % self.root)
-        r = subprocess.run([venv.python, "-c", code], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([venv.python, "-c", code], capture_output=True, text=True, timeout=30, cwd="/")
         if r.returncode == 0:
             paths = json.loads(r.stdout)
         else:                       # package missing or layout changed: the documented defaults
@@ -141,3 +141,25 @@ class Instance:
                 return False
             time.sleep(poll)
         return True
+
+
+class IdealShim:
+    """A sendmail shim as it should be installed: `#!<python> -IS` (Linux passes everything after
+    the interpreter as ONE argument, so `-I -S` would reach Python as "-I -S"), the package's
+    site-packages by absolute path (under -S, a venv's sys.prefix is the base
+    interpreter's, so the shipped shim's `sys.prefix` guess misses it), no fallback."""
+
+    def __init__(self, venv, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, "sendmail")
+        with open(self.path, "w") as f:
+            f.write(f"#!{venv.python} -I -S\n"
+                    "# written by bench/lib/target.py: the ideal start-up of the sendmail command\n"
+                    "import sys\n"
+                    f"sys.path.append({venv.site_packages()!r})\n"
+                    "from pysendmail.cli.main import main\n"
+                    "sys.exit(main(sys.argv))\n")
+        os.chmod(self.path, 0o755)
+
+    def argv(self, *args):
+        return [self.path, *args]
