@@ -153,7 +153,7 @@ class IdealShim:
         os.makedirs(directory, exist_ok=True)
         self.path = os.path.join(directory, "sendmail")
         with open(self.path, "w") as f:
-            f.write(f"#!{venv.python} -I -S\n"
+            f.write(f"#!{venv.python} -IS\n"
                     "# written by bench/lib/target.py: the ideal start-up of the sendmail command\n"
                     "import sys\n"
                     f"sys.path.append({venv.site_packages()!r})\n"
