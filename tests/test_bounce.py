@@ -204,6 +204,14 @@ def test_ret_hdrs_returns_only_the_header(body):
     assert b"numbers" not in data
 
 
+def test_lost_body_still_bounces_with_the_header(tmp_path):
+    to, data = make_dsn(envelope(), [bob()], "failure", str(tmp_path / "gone"), HOST, NOW)
+    assert to == "alice@example.com"
+    part = parse(data).get_payload()[2]
+    assert part.get_content_type() == "text/rfc822-headers"
+    assert "Subject: quarterly report" in part.get_payload()
+
+
 def test_eight_bit_original_is_kept_byte_for_byte(tmp_path):
     raw = (b"caf\xc3\xa9 na\xefve latin-1 \xff\xfe\n"
            b"From the start\n.dot line\n\x00nul\n" * 50)

@@ -317,8 +317,8 @@ def write_dsn(out, env, recipients, kind, body_path, hostname, now,
         full = ret != "HDRS"
     else:
         full = ret == "FULL"
-    if body_path is None:
-        full = False
+    if body_path is None or not os.path.isfile(body_path):
+        full = False            # the body is lost: still tell the sender, with the header
     qid = dsn_qid or env.qid or "NOQUEUE"
     boundary = "%s.%d/%s" % (qid, int(now), hostname)
     has8, clash = _scan(env, body_path, full, boundary)
