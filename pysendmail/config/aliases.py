@@ -22,7 +22,7 @@ sum over entries of len(name) + len(value). The reference capture (8 aliases, lo
 rule (``team: root, carol@example.org, bob@example.net`` gives the 40-byte value).
 
 The database (PATH + ".db") is this module's own sorted-index file, read by binary
-search through mmap: ``PYSMADB1\\n``, a 4-byte entry count, then per entry four 4-byte
+search with pread(): ``PYSMADB1\\n``, a 4-byte entry count, then per entry four 4-byte
 big-endian numbers (key offset, key length, value offset, value length) sorted by key,
 then the key and value bytes. It is written to a temporary file, fsynced, renamed over
 the old one and the directory fsynced, so a reader sees the old or the new database,
@@ -270,33 +270,43 @@ def rebuild(path, db_path=None, wait=True):
 
 
 def db_get(db_path, name):
-    """Look `name` up in a database file; the value string or None. OSError if absent;
-    ValueError if the file is not a database of this format."""
-    import mmap
+    """Look `name` up in a database file by binary search with pread(); the value
+    string or None. OSError if absent; ValueError if the file is not a database of
+    this format or is cut short. (No mmap: a file truncated under a mapping would
+    kill the reader with SIGBUS.)"""
     import struct
     key = name.lower().encode(_ENC, _ERRS)
-    with open(db_path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < len(MAGIC) + 4:
+    fd = os.open(db_path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, len(MAGIC) + 4, 0)
+        if len(head) < len(MAGIC) + 4 or head[:len(MAGIC)] != MAGIC:
             raise ValueError(f"{db_path}: not an alias database")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            if m[:len(MAGIC)] != MAGIC:
-                raise ValueError(f"{db_path}: not an alias database")
-            (count,) = struct.unpack_from(">I", m, len(MAGIC))
-            base = len(MAGIC) + 4
-            if base + 16 * count > size:
+        (count,) = struct.unpack_from(">I", head, len(MAGIC))
+        base = len(MAGIC) + 4
+        if base + 16 * count > size:
+            raise ValueError(f"{db_path}: truncated alias database")
+        lo, hi = 0, count
+        while lo < hi:
+            mid = (lo + hi) // 2
+            ent = os.pread(fd, 16, base + 16 * mid)
+            if len(ent) != 16:
                 raise ValueError(f"{db_path}: truncated alias database")
-            lo, hi = 0, count
-            while lo < hi:
-                mid = (lo + hi) // 2
-                koff, klen, voff, vlen = struct.unpack_from(">IIII", m, base + 16 * mid)
-                k = m[koff:koff + klen]
-                if k == key:
-                    return m[voff:voff + vlen].decode(_ENC, _ERRS)
-                if k < key:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            koff, klen, voff, vlen = struct.unpack(">IIII", ent)
+            if koff + klen > size or voff + vlen > size or voff != koff + klen:
+                raise ValueError(f"{db_path}: corrupt alias database")
+            rec = os.pread(fd, klen + vlen, koff)
+            if len(rec) != klen + vlen:
+                raise ValueError(f"{db_path}: truncated alias database")
+            k = rec[:klen]
+            if k == key:
+                return rec[klen:].decode(_ENC, _ERRS)
+            if k < key:
+                lo = mid + 1
+            else:
+                hi = mid
+    finally:
+        os.close(fd)
     return None
 
 
