@@ -1,9 +1,9 @@
 """pysendmail: a Sendmail-compatible mail transfer agent in Python.
 
 The commands (`sendmail`, `mailq`, `newaliases`, `pysendmail`) are installed as
-small scripts from `bin/` rather than as setuptools entry points: they start
-Python with `-I -S` and import only what the submission path needs, because cron
-and PHP pay the start-up cost on every message (see docs/ARCHITECTURE.md).
+small scripts from `bin/` rather than as setuptools entry points (whose wrappers
+import `re` and more): they import only what the submission path needs, because
+cron and PHP pay the start-up cost on every message (see docs/ARCHITECTURE.md).
 """
 from setuptools import find_packages, setup
 

@@ -15,6 +15,7 @@ import os
 import pwd
 import time
 
+from .. import log as logfmt
 from .. import addr as addrmod
 from ..errors import (EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, AddressError,
                       MTAError)
@@ -136,6 +137,7 @@ class Submission:
                 for value in hdr.recipient_texts(headers):
                     texts.extend(addrmod.split_list(value))
                 headers = hdr.strip_bcc(headers)
+            submitted = sum(len(h) + 1 for h in got.headers) + 1 + got.body_size
             env = self._envelope(qid, now, sender, headers, got)
             self._add_recipients(env, texts)
             if not texts and inv.read_recipients:
@@ -146,7 +148,7 @@ class Submission:
                 headers, qid=qid, hostname=self.ident.j, now=now, user=self.caller.login,
                 from_address=self._from_address(sender), full_name=self._full_name(),
                 single_rcpt=single, auth_warning=self._auth_warning(sender))
-            size = sum(len(h) + 1 for h in env.headers) + 1 + got.body_size
+            size = submitted
             env.size = got.body_size
             env.priority = priority(size, len(good))
             msgid = env.header("Message-Id")
@@ -154,7 +156,7 @@ class Submission:
             if failed:
                 self._report_failures(env, failed, spool)
             if not good:
-                self.log.info(qid, self.log.from_line(
+                self.log.info(qid, logfmt.from_line(
                     env, len(env.recipients), msgid.decode("utf-8", "replace") if msgid else "",
                     relay=env.relay, size=size))
                 if not env.recipients:
@@ -245,7 +247,8 @@ class Submission:
         return "%s set sender to %s using -f" % (self.caller.login, sender or "<>")
 
     def _add_recipients(self, env, texts):
-        from ..delivery.router import RouteContext, resolve
+        """Resolve each recipient in order; failures are told at once, as Sendmail does."""
+        from ..delivery.router import RouteContext, host_of, resolve
         ctx = RouteContext(self.layout, self.options, self.ident,
                            lambda msg: self.log.info(env.qid, msg), self.inv.no_alias)
         seen = set()
@@ -255,32 +258,38 @@ class Submission:
                 targets = resolve(text, ctx)
             except AddressError as e:
                 self.say(e.message)
-                env.recipients.append(Recipient(text, text, state=FAILED, status="5.1.1",
-                                                diag="550 5.1.1 User unknown", mailer="local"))
+                self.log.info(env.qid, e.message)
+                self._failed(env, Recipient(text, text, state=FAILED, status="5.1.1",
+                                            diag="550 5.1.1 User unknown", mailer="local"))
                 continue
             for t in targets:
                 key = (t.mailer, t.user.lower() if t.mailer in ("local", "esmtp") else t.user)
                 if key in seen:
                     continue
                 seen.add(key)
-                r = Recipient(t.address if t.parent else text, t.user if t.mailer != "esmtp" else t.user,
-                              notify=notify, orcpt="", mailer=t.mailer, host=getattr(t, "host", ""),
-                              user=t.user, parent=t.parent, owner=t.owner)
+                r = Recipient(t.address if t.parent else text, t.user, notify=notify,
+                              mailer=t.mailer, host=host_of(t), user=t.user,
+                              parent=t.parent, owner=t.owner)
                 if t.mailer == "error":
                     r.state = FAILED
                     r.status = t.status or "5.1.1"
                     r.diag = t.diag or "550 5.1.1 User unknown"
                     r.address = t.address or text
-                env.recipients.append(r)
+                    self._failed(env, r)
+                else:
+                    env.recipients.append(r)
+
+    def _failed(self, env, r):
+        text = r.diag.split(" ", 2)[-1] if r.diag else "User unknown"
+        self.say("%s... %s" % (r.address, text))
+        self.log.info(env.qid, "%s... %s" % (r.address, text))
+        self.log.info(env.qid, logfmt.to_line([r.address], 0, "local" if r.mailer == "error" else r.mailer,
+                                              0, text, dsn=r.status, reply=r.diag))
+        env.recipients.append(r)
 
     def _report_failures(self, env, failed, spool):
-        """Tell the sender about recipients that failed at submission, per the error mode."""
-        for r in failed:
-            text = r.diag.split(" ", 2)[-1] if r.diag else "User unknown"
-            self.say("%s... %s" % (r.address, text))
-            self.log.info(env.qid, "%s... %s" % (r.address, text))
-            self.log.info(env.qid, self.log.to_line(
-                [r.address], 0, r.mailer or "local", 0, text, dsn=r.status, reply=r.diag))
+        """Act on recipients that failed at submission (already told on stdout), per the
+        error mode: -oep save to dead.letter, -oem mail a DSN back (and exit 0)."""
         self.status = EX_NOUSER
         mode = self.error_mode()
         if mode in ("m", "w", "e"):
@@ -290,6 +299,8 @@ class Submission:
                 self.status = EX_OK
         elif mode == "p":
             self._save_dead_letter(env, spool, quiet=False)
+        for r in failed:
+            r.reported = "failure"      # told now: the queue run owes no DSN for these
 
     def _save_dead_letter(self, env, spool, quiet):
         from ..delivery.deadletter import save_dead_letter
@@ -311,11 +322,11 @@ class Submission:
     def _log_queued(self, env, size, msgid):
         log = self.log
         good = [r for r in env.recipients if r.state != FAILED]
-        log.info(env.qid, log.from_line(env, len(good), msgid.decode("utf-8", "replace") if msgid else "",
+        log.info(env.qid, logfmt.from_line(env, len(good), msgid.decode("utf-8", "replace") if msgid else "",
                                          relay=env.relay, size=size))
         if self.delivery_mode() in ("q", "d"):
             for r in good:
-                log.info(env.qid, log.to_line([r.address], 0, r.mailer, env.priority, "queued"))
+                log.info(env.qid, logfmt.to_line([r.address], 0, r.mailer, env.priority, "queued"))
 
     # ------------------------------------------------------------------------------------
     def _deliver(self, spool, env, df_fd):

@@ -7,7 +7,7 @@ import os
 
 from .. import addr as addrmod
 from ..errors import EX_NOUSER, EX_OK, EX_USAGE, AddressError
-from ..delivery.router import MAILER_NAMES, RouteContext, resolve
+from ..delivery.router import MAILER_NAMES, RouteContext, host_of, resolve
 
 
 def _out(text):
@@ -22,7 +22,7 @@ def describe(t):
         return "%s... deliverable: mailer *file*, user %s" % (t.user, t.user)
     if t.mailer in ("esmtp", "remote"):
         return "%s... deliverable: mailer %s, host %s, user %s" % (
-            t.address, mailer, getattr(t, "host", "") or "", t.user)
+            t.address, mailer, host_of(t), t.user)
     return "%s... deliverable: mailer %s, user %s" % (t.address, mailer, t.user)
 
 

@@ -18,6 +18,7 @@ import os
 import pwd
 import time
 
+from .. import log as logfmt
 from .. import addr as addrmod
 from ..cleanup import headers as hdr
 from ..errors import AddressError
@@ -93,7 +94,7 @@ def pickup_one(layout, options, ident, log, drop, spool, name):
 
 def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_in,
            body_off, body_len, user, gecos):
-    from ..delivery.router import RouteContext, resolve
+    from ..delivery.router import RouteContext, host_of, resolve
     now = int(time.time())
     qid, df = spool.allocate(now)
     committed = False
@@ -145,7 +146,7 @@ def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_i
                 seen.add(key)
                 env.recipients.append(Recipient(
                     t.address if t.parent else text, t.user, notify=notify,
-                    mailer=t.mailer, host=getattr(t, "host", ""), user=t.user,
+                    mailer=t.mailer, host=host_of(t), user=t.user,
                     parent=t.parent, owner=t.owner,
                     state=FAILED if t.mailer == "error" else "pending",
                     status=t.status if t.mailer == "error" else "",
@@ -178,7 +179,7 @@ def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_i
         fsync_dir(drop.path)
         os.unlink(marker)
         msgid = env.header("Message-Id")
-        log.info(qid, log.from_line(env, len(env.recipients),
+        log.info(qid, logfmt.from_line(env, len(env.recipients),
                                     msgid.decode("utf-8", "replace") if msgid else "",
                                     relay=env.relay, size=body_len))
         return True

@@ -12,6 +12,7 @@ Remote recipients (mailer esmtp) wait in the queue for the SMTP agent.
 import os
 import time
 
+from .. import log as logfmt
 from ..cleanup.headers import rfc5322_date
 from ..errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from ..model import DEFERRED, FAILED, PENDING, SENT, Envelope, Recipient
@@ -126,7 +127,7 @@ class QueueRun:
                 failed_now = True
                 stat = status.reply or "Service unavailable"
                 self.say("%s... %s" % (rcpt.address, stat))
-            self.log.info(qid, self.log.to_line(
+            self.log.info(qid, logfmt.to_line(
                 [rcpt.address], now - env.created, rcpt.mailer, env.priority, stat,
                 dsn=status.status, xdelay=int(time.time() - started)))
             spool.save(env)          # the outcome is durable before the next recipient
@@ -226,7 +227,7 @@ def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="fail
 
 def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, notify=""):
     """Queue a message we generated ourselves (a DSN): headers + body bytes, routed now."""
-    from ..delivery.router import RouteContext, resolve
+    from ..delivery.router import RouteContext, host_of, resolve
     head, sep, body = message.partition(b"\n\n")
     headers = []
     for line in head.split(b"\n"):
@@ -250,7 +251,7 @@ def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, noti
             for t in targets:
                 env.recipients.append(Recipient(
                     t.address, t.user, notify=notify or "NEVER", mailer=t.mailer,
-                    host=getattr(t, "host", ""), user=t.user, parent=t.parent, owner=t.owner,
+                    host=host_of(t), user=t.user, parent=t.parent, owner=t.owner,
                     state=FAILED if t.mailer == "error" else PENDING,
                     status=t.status if t.mailer == "error" else "",
                     diag=t.diag if t.mailer == "error" else "",
@@ -262,7 +263,7 @@ def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, noti
             ident.j, qid, rfc5322_date(now))).encode())
         env.priority = len(message) + 30000 * len(env.recipients)
         spool.commit(env, fd)
-        log.info(qid, log.from_line(env, len(env.recipients), "", relay="localhost",
+        log.info(qid, logfmt.from_line(env, len(env.recipients), "", relay="localhost",
                                     size=len(message)))
     finally:
         try:

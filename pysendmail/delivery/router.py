@@ -7,6 +7,7 @@ and ~/.forward (delivery.expand) to the local, prog or file mailers; every other
 domain goes to the SMTP mailer (esmtp), whose agent picks it up from the queue.
 """
 from .. import addr as addrmod
+from ..errors import AddressError
 
 # Sendmail's names for our mailers, as -bv and logs print them.
 MAILER_NAMES = {"local": "local", "prog": "prog", "file": "*file*", "esmtp": "esmtp",
@@ -29,20 +30,33 @@ class RouteContext:
         return self.ident.is_local(domain)
 
 
+def host_of(target):
+    """The destination host of an esmtp target (the domain of its address)."""
+    if target.mailer != "esmtp":
+        return ""
+    return addrmod.Address(target.user, target.user).domain.lower().rstrip(".")
+
+
 def resolve(text, ctx):
-    """Resolve one address (str) to a list of expand.Target. Raises AddressError on bad syntax."""
+    """Resolve one address (str) to a list of expand.Target whose mailer is local, prog,
+    file, esmtp or error. Raises AddressError on bad syntax."""
     from .expand import Target, expand
     a = addrmod.parse(text)
     bare = a.bare
     if bare in ("", "<>"):
-        raise addrmod.AddressError(text, "User address required")
-    if ctx.is_local(a.domain):
-        if ctx.no_alias:
-            return [Target(address=a.local, mailer="local", user=a.local)] if _local_user(a.local) \
-                else [Target(address=a.local, mailer="error", status="5.1.1",
-                             diag="550 5.1.1 User unknown")]
-        return expand(bare, ctx)
-    return [Target(address=bare, mailer="esmtp", user=bare, host=a.domain.lower())]
+        raise AddressError(text, "User address required")
+    if not ctx.is_local(a.domain):
+        return [Target(address=bare, mailer="esmtp", user=bare)]
+    if ctx.no_alias:
+        if _local_user(a.local):
+            return [Target(address=a.local, mailer="local", user=a.local)]
+        return [Target(address=a.local, mailer="error", user=a.local, status="5.1.1",
+                       diag="550 5.1.1 User unknown")]
+    targets = expand(bare, ctx)
+    for t in targets:
+        if t.mailer == "remote":
+            t.mailer = "esmtp"
+    return targets
 
 
 def _local_user(name):
