@@ -77,7 +77,7 @@ class Submission:
         self.stdin_fd = stdin_fd
         self.caller = Caller()
         self.status = EX_OK
-        self.errors = []      # (address, text) printed / mailed back
+        self.followups = []   # queue ids of DSNs queued by this submission
 
     def say(self, line):
         os.write(1, (line + "\n").encode("utf-8", "surrogateescape"))
@@ -162,7 +162,7 @@ class Submission:
                 if not env.recipients:
                     self._save_dead_letter(env, spool, quiet=False)
                 spool.discard(qid, df_fd)
-                return self.status
+                return self._deliver(spool, None, None)
             spool.commit(env, df_fd)
             committed = True
             self._log_queued(env, size, msgid)
@@ -174,7 +174,7 @@ class Submission:
             if not committed:
                 spool.discard(qid, df_fd)
             raise
-        return self._deliver(spool, env, df_fd)
+        return self._deliver(spool, env.qid, df_fd)
 
     def _submit_to_maildrop(self, sender, words):
         """An untrusted caller: one file into the sticky maildrop directory; the pickup step
@@ -294,7 +294,9 @@ class Submission:
         mode = self.error_mode()
         if mode in ("m", "w", "e"):
             from ..daemon.queuerun import queue_bounce
-            queue_bounce(self.layout, self.options, self.ident, self.log, env, failed, spool)
+            qid = queue_bounce(self.layout, self.options, self.ident, self.log, env, failed, spool)
+            if qid:
+                self.followups.append(qid)
             if mode == "m":
                 self.status = EX_OK
         elif mode == "p":
@@ -329,23 +331,32 @@ class Submission:
                 log.info(env.qid, logfmt.to_line([r.address], 0, r.mailer, env.priority, "queued"))
 
     # ------------------------------------------------------------------------------------
-    def _deliver(self, spool, env, df_fd):
+    def _deliver(self, spool, qid, df_fd):
+        """Deliver the new message (locked by df_fd) and any DSN this submission queued,
+        as the delivery mode says: now (-odi), in a detached child (-odb), or not (-odq)."""
         mode = self.delivery_mode()
-        if mode in ("q", "d"):
-            os.close(df_fd)
+        if mode in ("q", "d") or (qid is None and not self.followups):
+            if df_fd is not None:
+                os.close(df_fd)
             return self.status
         from ..daemon.queuerun import QueueRun
         if mode == "i":
             run = QueueRun(self.layout, self.options, self.ident, self.log, verbose=self.inv.verbose)
-            result = run.deliver_locked(spool, env.qid, df_fd)
-            os.close(df_fd)
+            run.followups.extend(self.followups)
+            if qid is not None:
+                result = run.deliver_locked(spool, qid, df_fd)
+                os.close(df_fd)
+            else:
+                run.deliver_followups(spool)
+                result = EX_OK
             if self.status == EX_OK and result not in (EX_OK, None):
                 return result
             return self.status
         # background: the parent reports success now; a detached child delivers.
         pid = os.fork()
         if pid:
-            os.close(df_fd)
+            if df_fd is not None:
+                os.close(df_fd)
             return self.status
         try:
             os.setsid()
@@ -356,7 +367,11 @@ class Submission:
             if os.fork():
                 os._exit(0)
             run = QueueRun(self.layout, self.options, self.ident, self.log)
-            run.deliver_locked(spool, env.qid, df_fd)
+            run.followups.extend(self.followups)
+            if qid is not None:
+                run.deliver_locked(spool, qid, df_fd)
+            else:
+                run.deliver_followups(spool)
         except BaseException:
             os._exit(EX_SOFTWARE)
         os._exit(0)

@@ -44,6 +44,7 @@ class QueueRun:
         self.log = log
         self.verbose = verbose
         self.out = out
+        self.followups = []      # DSNs queued during this run, delivered right after
 
     def say(self, text):
         if self.verbose:
@@ -140,11 +141,24 @@ class QueueRun:
                              if not r.final and r.mailer in LOCAL_MAILERS]
             env.next_attempt = next_retry(env.attempts, now) if pending_local else 0
             spool.save(env)
+        self.deliver_followups(spool)
         if deferred:
             return EX_TEMPFAIL
         if failed_now:
             return EX_UNAVAILABLE
         return EX_OK
+
+    def deliver_followups(self, spool):
+        """Deliver the DSNs this run queued (a bounce should not wait for the next run)."""
+        while self.followups:
+            qid = self.followups.pop(0)
+            fd = spool.lock(qid)
+            if fd is None:
+                continue
+            try:
+                self.deliver_locked(spool, qid, fd)
+            finally:
+                os.close(fd)
 
     def _deliver_one(self, env, index, spool):
         from ..delivery.local import deliver
@@ -166,18 +180,23 @@ class QueueRun:
                 r.diag = "Deferred: %s; message could not be delivered for %s" % (
                     r.diag or "temporary failure", _human(limit))
 
+    def _queued(self, qid):
+        if qid:
+            self.followups.append(qid)
+
     def _send_dsns(self, env, spool):
         owed = [r for r in env.recipients
                 if r.state == FAILED and "failure" not in r.reported and r.mailer != "esmtp"]
         succ = [r for r in env.recipients
                 if r.state == SENT and "success" not in r.reported and r.wants("SUCCESS")]
         if owed:
-            queue_bounce(self.layout, self.options, self.ident, self.log, env, owed, spool)
+            self._queued(queue_bounce(self.layout, self.options, self.ident, self.log, env,
+                                      owed, spool))
             for r in owed:
                 r.reported = _add_kind(r.reported, "failure")
         if succ:
-            queue_bounce(self.layout, self.options, self.ident, self.log, env, succ, spool,
-                         kind="success")
+            self._queued(queue_bounce(self.layout, self.options, self.ident, self.log, env,
+                                      succ, spool, kind="success"))
             for r in succ:
                 r.reported = _add_kind(r.reported, "success")
         if owed or succ:
@@ -186,6 +205,8 @@ class QueueRun:
 
 def _add_kind(reported, kind):
     return ",".join(filter(None, [reported, kind]))
+
+
 
 
 def _human(seconds):
@@ -215,32 +236,62 @@ def matches(env, filters):
 
 def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="failure"):
     """Queue the DSN owed for `recipients` of `env` (never to the null sender; a failed
-    bounce goes to postmaster). Returns the new message's queue id or None."""
-    from ..delivery.bounce import make_dsn
-    made = make_dsn(env, recipients, kind, spool.df(env.qid), ident.j, int(time.time()))
-    if made is None:
-        return None
-    to_addr, message = made
-    return inject(layout, options, ident, log, spool, "", [to_addr], message,
-                  notify="NEVER" if not env.sender else "")
+    bounce goes to postmaster). The DSN is written straight to disk, so returning a
+    large original costs no memory. Returns the new message's queue id or None."""
+    from ..delivery.bounce import write_dsn
+    tmp_path = os.path.join(spool.path, ".dsn.%d.%s" % (os.getpid(), env.qid))
+    with open(tmp_path, "w+b") as tmp:
+        try:
+            to_addr = write_dsn(tmp, env, recipients, kind, spool.df(env.qid), ident.j,
+                                int(time.time()),
+                                warn_after=_interval(options, "Timeout.queuewarn", "4h"),
+                                return_after=_interval(options, "Timeout.queuereturn", "5d"))
+            if to_addr is None:
+                return None
+            tmp.flush()
+            return inject_file(layout, options, ident, log, spool, "", [to_addr], tmp,
+                               notify="NEVER" if not env.sender else "")
+        finally:
+            os.unlink(tmp_path)
 
 
-def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, notify=""):
-    """Queue a message we generated ourselves (a DSN): headers + body bytes, routed now."""
-    from ..delivery.router import RouteContext, host_of, resolve
-    head, sep, body = message.partition(b"\n\n")
+def _read_header_block(f, limit=1 << 20):
+    """(headers, body offset) of a message file: raw fields split at the first blank line."""
+    f.seek(0)
+    head = b""
+    while b"\n\n" not in head and len(head) < limit:
+        chunk = f.read(65536)
+        if not chunk:
+            break
+        head += chunk
+    block, sep, _ = head.partition(b"\n\n")
+    offset = len(block) + len(sep)
     headers = []
-    for line in head.split(b"\n"):
+    for line in block.split(b"\n"):
         if line[:1] in (b" ", b"\t") and headers:
             headers[-1] += b"\n" + line
         elif line:
             headers.append(line)
+    return headers, offset
+
+
+def inject_file(layout, options, ident, log, spool, sender, rcpt_texts, f, notify=""):
+    """Queue a message we generated ourselves (a DSN) from an open file, routed now."""
+    from ..delivery.router import RouteContext, host_of, resolve
+    headers, offset = _read_header_block(f)
+    total = os.fstat(f.fileno()).st_size
     now = int(time.time())
     qid, fd = spool.allocate(now)
+    committed = False
     try:
-        os.write(fd, body)
+        pos = offset
+        while pos < total:
+            sent = os.sendfile(fd, f.fileno(), pos, min(total - pos, 1 << 24))
+            if sent <= 0:
+                break
+            pos += sent
         env = Envelope(qid=qid, created=now, sender=sender, headers=headers,
-                       uid=os.getuid(), user="", relay="localhost", size=len(body),
+                       uid=os.getuid(), user="", relay="localhost", size=total - offset,
                        error_mode="m")
         ctx = RouteContext(layout, options, ident)
         for text in rcpt_texts:
@@ -249,25 +300,26 @@ def inject(layout, options, ident, log, spool, sender, rcpt_texts, message, noti
             except Exception:
                 targets = []
             for t in targets:
+                error = t.mailer == "error"
                 env.recipients.append(Recipient(
                     t.address, t.user, notify=notify or "NEVER", mailer=t.mailer,
                     host=host_of(t), user=t.user, parent=t.parent, owner=t.owner,
-                    state=FAILED if t.mailer == "error" else PENDING,
-                    status=t.status if t.mailer == "error" else "",
-                    diag=t.diag if t.mailer == "error" else "",
-                    reported="failure" if t.mailer == "error" else ""))
+                    state=FAILED if error else PENDING, status=t.status if error else "",
+                    diag=t.diag if error else "", reported="failure" if error else ""))
         if not env.recipients:
-            spool.discard(qid, fd)
             return None
         env.headers.insert(0, ("Received: from localhost by %s (pysendmail) id %s; %s" % (
             ident.j, qid, rfc5322_date(now))).encode())
-        env.priority = len(message) + 30000 * len(env.recipients)
+        env.priority = total + 30000 * len(env.recipients)
         spool.commit(env, fd)
-        log.info(qid, logfmt.from_line(env, len(env.recipients), "", relay="localhost",
-                                    size=len(message)))
+        committed = True
+        msgid = env.header("Message-Id")
+        log.info(qid, logfmt.from_line(env, len(env.recipients),
+                                       msgid.decode("utf-8", "replace") if msgid else "",
+                                       relay="localhost", size=total))
     finally:
-        try:
+        if committed:
             os.close(fd)
-        except OSError:
-            pass
+        else:
+            spool.discard(qid, fd)
     return qid
