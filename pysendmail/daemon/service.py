@@ -1,0 +1,151 @@
+"""The long-running service: `sendmail -bD` (foreground, for systemd), `-bd` (detached),
+or `-q30m` alone (a detached periodic queue runner, as in Sendmail).
+
+Today it runs the pickup and queue-runner roles: it wakes when a submitter pokes
+the pickup socket (a datagram on <spool>/public/pickup) and at least every queue
+interval, moves maildrop files into the queue and delivers what is due. The SMTP
+listeners join this loop when the SMTP daemon lands.
+
+Signals: SIGTERM/SIGINT finish the current message and exit; SIGHUP re-reads the
+configuration (a bad one is logged and the old one kept). Runs as root for the
+system instance: local delivery must act as each recipient.
+"""
+import os
+import select
+import signal
+import time
+
+from ..errors import EX_OK, EX_OSERR, EX_TEMPFAIL, MTAError
+
+
+def _interval(inv, options):
+    from ..config.options import parse_interval
+    text = inv.queue_interval or options.get("QueueInterval") or "30m"
+    try:
+        return max(parse_interval(text, "m"), 1)
+    except ValueError:
+        return 1800
+
+
+class Service:
+    def __init__(self, inv, layout, options, ident, log):
+        self.inv = inv
+        self.layout = layout
+        self.options = options
+        self.ident = ident
+        self.log = log
+        self.interval = _interval(inv, options)
+        self.stop = False
+        self.reload = False
+        self.sock = None
+
+    def _bind(self):
+        import _socket
+        path = self.layout.pickup_socket
+        os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        s.bind(path)
+        os.chmod(path, 0o666)
+        s.setblocking(False)
+        self.sock = s
+
+    def _write_pid(self):
+        os.makedirs(self.layout.run_dir, 0o755, exist_ok=True)
+        tmp = self.layout.pid_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.rename(tmp, self.layout.pid_file)
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = True
+
+    def _reload(self):
+        from ..config import identity, options as optmod
+        try:
+            cf = optmod.read_quick(self.inv.cf or self.layout.cf)
+            options = dict(cf.options)
+            options.update(self.inv.options)
+            self.options = options
+            self.ident = identity.detect(cf)
+            self.interval = _interval(self.inv, options)
+            self.log.info(None, "restarting %s due to signal" % (self.inv.cf or self.layout.cf))
+        except MTAError as e:
+            self.log.err(None, "configuration not reloaded, keeping the old one: %s" % e.message)
+
+    def run_once(self):
+        from .queuerun import QueueRun
+        run = QueueRun(self.layout, self.options, self.ident, self.log)
+        run.run(force=False)
+
+    def serve(self):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        self._bind()
+        self._write_pid()
+        self.log.info(None, "starting daemon (pysendmail): queueing@%ds" % self.interval)
+        next_run = 0
+        try:
+            while not self.stop:
+                if self.reload:
+                    self.reload = False
+                    self._reload()
+                now = time.monotonic()
+                woke = False
+                if now >= next_run:
+                    woke = True
+                else:
+                    try:
+                        ready, _, _ = select.select([self.sock], [], [], min(next_run - now, 5))
+                    except InterruptedError:
+                        continue
+                    if ready:
+                        try:
+                            while self.sock.recv(64):
+                                pass
+                        except (BlockingIOError, InterruptedError):
+                            pass
+                        woke = True
+                if woke and not self.stop:
+                    self.run_once()
+                    if time.monotonic() >= next_run:
+                        next_run = time.monotonic() + self.interval
+        finally:
+            try:
+                os.unlink(self.layout.pickup_socket)
+            except OSError:
+                pass
+            try:
+                os.unlink(self.layout.pid_file)
+            except OSError:
+                pass
+            self.log.info(None, "stopping daemon, reason=signal")
+        return EX_OK
+
+
+def main(inv, layout, options, ident, log):
+    svc = Service(inv, layout, options, ident, log)
+    if layout.system and os.geteuid() != 0:
+        os.write(2, b"sendmail: the daemon of the system instance must run as root\n")
+        return 77
+    foreground = inv.mode == "D" or options.get("QueueForeground")
+    if not foreground:
+        pid = os.fork()
+        if pid:
+            return EX_OK
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
+    try:
+        return svc.serve()
+    except OSError as e:
+        log.err(None, "daemon: %s" % e)
+        return EX_OSERR if foreground else EX_TEMPFAIL
