@@ -78,8 +78,13 @@ class Submission:
         self.caller = Caller()
         self.status = EX_OK
         self.followups = []   # queue ids of DSNs queued by this submission
+        self.quiet = False    # -bs: nothing but SMTP replies may reach stdout
+        self.rcpt_params = {} # -bs: ESMTP parameters of each RCPT (NOTIFY, ORCPT)
+        self.qid = None
 
     def say(self, line):
+        if self.quiet:
+            return
         os.write(1, (line + "\n").encode("utf-8", "surrogateescape"))
 
     def error_mode(self):
@@ -124,6 +129,7 @@ class Submission:
         now = int(time.time())
         spool = Spool(self.layout.queue)
         qid, df_fd = spool.allocate(now)
+        self.qid = qid
         committed = False
         try:
             max_headers = int(self.options.get("MaxHeadersLength") or 32768)
@@ -252,8 +258,10 @@ class Submission:
         ctx = RouteContext(self.layout, self.options, self.ident,
                            lambda msg: self.log.info(env.qid, msg), self.inv.no_alias)
         seen = set()
-        notify = self.inv.notify
         for text in texts:
+            params = self.rcpt_params.get(text, {})
+            notify = params.get("NOTIFY", self.inv.notify)
+            orcpt = params.get("ORCPT", "")
             try:
                 targets = resolve(text, ctx)
             except AddressError as e:
@@ -268,7 +276,7 @@ class Submission:
                     continue
                 seen.add(key)
                 r = Recipient(t.address if t.parent else text, t.user, notify=notify,
-                              mailer=t.mailer, host=host_of(t), user=t.user,
+                              orcpt=orcpt, mailer=t.mailer, host=host_of(t), user=t.user,
                               parent=t.parent, owner=t.owner)
                 if t.mailer == "error":
                     r.state = FAILED
