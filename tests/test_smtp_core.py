@@ -630,3 +630,29 @@ def test_proto_modules_do_no_io():
                 assert node.level if isinstance(node, ast.ImportFrom) else True
                 if isinstance(node, ast.Import):
                     assert mod in ("binascii",), (name, mod)
+
+
+def test_strict_pipelining_reproduces_sendmail_on_a_piped_file():
+    """08_bs_session.txt's first run: the session file piped at once, LF line ends.
+    Debian's Sendmail (8.17.1.9-2+deb12u2) calls input sent before the EHLO reply a
+    protocol error, then refuses all but NOOP/RSET/QUIT; strict_pipelining does the same."""
+    text = read(os.path.join(REF, "08_bs_session.txt"))
+    block = text[:text.index("[exit status")].splitlines()
+    want = [line for line in block[2:] if line]
+    h = Harness(strict_pipelining=True)
+    got = h.lines(read(os.path.join(REF, "input_smtp_session.txt")).encode())
+    assert block[1].startswith("220 ") and got == want
+    assert len(got) == 16 and h.messages == []
+    assert h.conn.phase == CLOSED
+
+
+def test_strict_pipelining_allows_waiting_clients_and_mail_rcpt_batches():
+    h = Harness(strict_pipelining=True)
+    assert h.lines(b"EHLO c\r\n")[-1] == "250 HELP"
+    assert h.lines(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")[-1].startswith("354")
+    assert h.lines(b"x\r\n.\r\nQUIT\r\n")[0].startswith("250 2.0.0")
+
+
+def test_invalid_utf8_is_not_echoed():
+    h = Harness()
+    assert h.lines(b"FOO \xff\xfe\r\n") == ['500 5.5.1 Command unrecognized: "FOO ??"']

@@ -80,7 +80,8 @@ class Reply:
 def show(text, limit=203):
     """A client-supplied string as Sendmail echoes it (shortenstring, MAXSHORTSTR):
     control characters made visible, long strings cut in the middle."""
-    text = "".join(c if (" " <= c != "\x7f") else "^" + chr((ord(c) + 64) & 0x7F)
+    text = "".join(c if " " <= c != "\x7f" and not "\udc80" <= c <= "\udcff"
+                   else "?" if c > "\x7f" else "^" + chr((ord(c) + 64) & 0x7F)
                    for c in text)
     if len(text) > limit:
         half = (limit - 3) // 2

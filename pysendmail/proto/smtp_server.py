@@ -23,12 +23,16 @@ CVE-2023-51764/5/6: nothing after it is trusted, so the connection closes).
 Input buffered when STARTTLS is answered with 220 is discarded
 (CVE-2011-0411). Command lines are limited to 512 octets (MAIL/RCPT get the
 RFC 1870/3461/4954 allowance, AUTH responses 12288); text lines in DATA to
-1000 octets (the message is refused at its end with "554 5.6.0 Line too long").
+1000 octets (the message is refused at its end with "554 5.6.0 Line too long");
+an over-long command line gets "500 5.5.2 Line too long" (Sendmail has no
+words for these; ours). DATA/BDAT framing is in smtp_data, MAIL/RCPT
+arguments in smtp_params, the reply texts in smtp_reply.
 Pure code: imports nothing but its sibling proto modules and binascii.
 """
 import binascii
 
 from . import smtp_events as ev
+from .smtp_data import MessageReader
 from .smtp_events import LocalProtocolError, NEED_DATA
 from .smtp_params import ReplyError, parse_mail_args, parse_rcpt_args
 from .smtp_reply import Reply, show
@@ -49,14 +53,15 @@ PRE_TLS = 2        # allowed before STARTTLS when tls_required
 PRE_AUTH = 4       # allowed before AUTH when auth_required
 IN_TXN = 8         # allowed inside a mail transaction
 SYNC = 16          # must end a pipelined group (RFC 2920 3.1)
+WAIT = 32          # with strict_pipelining: the client must wait for this one's reply
 
 #            name        handler          flags
 COMMANDS = {
-    "HELO": ("_cmd_helo", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN | SYNC),
-    "EHLO": ("_cmd_helo", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN | SYNC),
+    "HELO": ("_cmd_helo", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN | SYNC | WAIT),
+    "EHLO": ("_cmd_helo", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN | SYNC | WAIT),
     "MAIL": ("_cmd_mail", 0),
     "RCPT": ("_cmd_rcpt", IN_TXN),
-    "DATA": ("_cmd_data", IN_TXN | SYNC),
+    "DATA": ("_cmd_data", IN_TXN | SYNC | WAIT),
     "BDAT": ("_cmd_bdat", IN_TXN),
     "RSET": ("_cmd_rset", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN),
     "NOOP": ("_cmd_noop", PRE_HELO | PRE_TLS | PRE_AUTH | IN_TXN | SYNC),
@@ -81,7 +86,8 @@ class ServerConfig:
                  enhancedstatuscodes=True, help=True, expn=False, starttls=False,
                  tls_required=False, auth_mechanisms=(), auth_requires_tls=True,
                  auth_required=False, helo_required=False, max_rcpts=0,
-                 max_command_line=512, max_text_line=1000, bare_lf_commands=True):
+                 max_command_line=512, max_text_line=1000, bare_lf_commands=True,
+                 strict_pipelining=False):
         self.hostname = hostname
         self.max_size = max_size
         self.pipelining = pipelining
@@ -102,6 +108,10 @@ class ServerConfig:
         self.max_command_line = max_command_line
         self.max_text_line = max_text_line
         self.bare_lf_commands = bare_lf_commands
+        # Sendmail 8.18 / Debian's 8.17.1.9-2+deb12u2: input sent before the reply to
+        # HELO/EHLO/DATA is an "SMTP protocol error"; the session then refuses
+        # everything but NOOP, RSET and QUIT ("550 5.0.0 Command rejected").
+        self.strict_pipelining = strict_pipelining
 
     @property
     def auth_param(self):
@@ -129,6 +139,7 @@ class SMTPServerConnection:
         self.tls = False
         self.authenticated = False
         self.discarded_bytes = 0    # input thrown away at STARTTLS (for the log)
+        self.rejecting = False      # after a strict_pipelining violation
         # long-line handling in COMMAND/AUTH phases
         self._skipping = False
         self._reset_transaction()
@@ -137,14 +148,7 @@ class SMTPServerConnection:
     def _reset_transaction(self):
         self.mail = None            # the accepted MailFrom event
         self.rcpt_count = 0
-        self._size = 0
-        self._bdat = False          # a BDAT chunk has been taken in this transaction
-        self._failure = None        # reply owed at the end of DATA/BDAT
-        self._midline = False       # DATA: inside a line already partly passed on
-        self._line_len = 0
-        self._chunk_left = 0
-        self._chunk_size = 0
-        self._chunk_last = False
+        self.reader = MessageReader(self.config.max_size, self.config.max_text_line)
 
     @property
     def in_transaction(self):
@@ -218,9 +222,9 @@ class SMTPServerConnection:
             self._pending = ev.Greeting()
             return self._pending
         if self.phase == DATA:
-            event = self._data_event()
+            event = self._content_event(self.reader.read_data(self._buf))
         elif self.phase == BDAT:
-            event = self._bdat_event()
+            event = self._content_event(self.reader.read_chunk(self._buf))
         else:
             event = self._line_event()
         if event is NEED_DATA and self._eof:
@@ -336,6 +340,11 @@ class SMTPServerConnection:
             return self._reject(500, "5.5.2", "Line too long")
         handler, flags = entry
         c = self.config
+        if self.rejecting and verb not in ("NOOP", "RSET", "QUIT"):
+            return self._reject(550, "5.0.0", "Command rejected")
+        if c.strict_pipelining and flags & WAIT and self._buf:
+            self.rejecting = True
+            return self._reject(554, "5.5.0", "SMTP protocol error")
         try:
             if c.tls_required and not self.tls and not flags & PRE_TLS:
                 raise _r(530, "5.7.0", "Must issue a STARTTLS command first")
@@ -383,12 +392,9 @@ class SMTPServerConnection:
 
     def _cmd_data(self, verb, arg):
         self._check_ready_for_data()
-        if self._bdat:
+        if self.reader.chunked:
             raise _r(503, "5.5.1", "DATA not allowed after BDAT")
-        self._size = 0
-        self._failure = None
-        self._midline = False
-        self._line_len = 0
+        self.reader.start_data()
         return ev.DataStart()
 
     def _cmd_bdat(self, verb, arg):
@@ -396,15 +402,14 @@ class SMTPServerConnection:
         if not 1 <= len(words) <= 2 or not words[0].isdigit() or not words[0].isascii() \
                 or (len(words) == 2 and words[1].upper() != "LAST"):
             raise _r(501, "5.5.4", "Syntax error in parameters scanning \"BDAT\"")
-        self._chunk_left = self._chunk_size = int(words[0])
-        self._chunk_last = len(words) == 2
-        self.phase = BDAT
+        refusal = None
         try:
             self._check_ready_for_data()
         except ReplyError as exc:
-            self._failure = exc.reply     # the octets are read, then refused
-        self._bdat = True
-        return self._bdat_event()
+            refusal = exc.reply           # the octets are read, then refused
+        self.reader.start_chunk(int(words[0]), len(words) == 2, refusal)
+        self.phase = BDAT
+        return self._content_event(self.reader.read_chunk(self._buf))
 
     def _cmd_rset(self, verb, arg):
         return ev.Rset()
@@ -462,101 +467,14 @@ class SMTPServerConnection:
         except ReplyError as exc:
             return ev.Rejected(exc.reply)
 
-    # --- message data -----------------------------------------------------------
-    def _data_event(self):
-        buf = self._buf
-        out = bytearray()
-        text_max = self.config.max_text_line or 0
-        pos = 0
-        while True:
-            nl = buf.find(b"\n", pos)
-            cr = buf.find(b"\r", pos)
-            if 0 <= cr < (nl if nl >= 0 else len(buf)) and cr + 1 < len(buf) and cr + 1 != nl:
-                return self._smuggling("carriage return (CR)")
-            if nl < 0:
-                break
-            if nl == pos or buf[nl - 1] != 0x0D:
-                return self._smuggling("linefeed (LF)")
-            start = pos
-            if not self._midline:
-                if nl - pos == 2 and buf[pos] == 0x2E:          # ".\r\n"
-                    del buf[:nl + 1]
-                    return self._end_of_data(out)
-                if buf[pos] == 0x2E:                             # dot-stuffing
-                    start += 1
-            self._line_len += nl + 1 - pos
-            if text_max and self._line_len > text_max and self._failure is None:
-                self._failure = Reply(554, "5.6.0", "Line too long")
-            self._take(out, buf[start:nl + 1])
-            self._midline = False
-            self._line_len = 0
-            pos = nl + 1
-        # An unfinished line: pass on what cannot be an end marker or a bare CR.
-        rest = len(buf) - pos
-        hold = 1 if rest and buf[-1] == 0x0D else 0
-        if rest - hold > (text_max or 4096) or (self._midline and rest - hold > 0):
-            start = pos
-            if not self._midline and buf[pos] == 0x2E:
-                start += 1
-            self._line_len += len(buf) - hold - pos
-            if text_max and self._line_len > text_max and self._failure is None:
-                self._failure = Reply(554, "5.6.0", "Line too long")
-            self._take(out, buf[start:len(buf) - hold])
-            self._midline = True
-            pos = len(buf) - hold
-        del buf[:pos]
-        if out:
-            return ev.DataChunk(bytes(out))
-        return NEED_DATA
-
-    def _take(self, out, piece):
-        self._size += len(piece)
-        limit = self.config.max_size
-        if limit and self._size > limit and self._failure is None:
-            self._failure = Reply(552, "5.2.3", "Message exceeds maximum fixed size (%d)" % limit)
-        if self._failure is None:
-            out += piece
-
-    def _end_of_data(self, out):
+    # --- message content (framing lives in smtp_data) ------------------------------
+    def _content_event(self, event):
+        if event is NEED_DATA or type(event) is ev.DataChunk:
+            return event
         self.phase = COMMAND
-        if out and self._failure is None:
-            # hand over the last bytes first; the end comes on the next call
-            self._buf[:0] = b".\r\n"
-            self.phase = DATA
-            return ev.DataChunk(bytes(out))
-        if self._failure is not None:
-            reply = self._failure
+        if type(event) is ev.Rejected:
             self._reset_transaction()
-            return ev.Rejected(reply)
-        return ev.MessageComplete(self._size)
-
-    def _smuggling(self, what):
-        self._buf.clear()
-        self._reset_transaction()
-        return self._reject(554, "5.5.2", "Bare %s not allowed" % what, close=True)
-
-    def _bdat_event(self):
-        if self._chunk_left:
-            if not self._buf:
-                return NEED_DATA
-            n = min(self._chunk_left, len(self._buf))
-            piece = bytes(self._buf[:n])
-            del self._buf[:n]
-            self._chunk_left -= n
-            out = bytearray()
-            self._take(out, piece)
-            if out:
-                return ev.DataChunk(bytes(out))
-            if self._chunk_left:
-                return NEED_DATA
-        self.phase = COMMAND
-        if self._failure is not None:
-            reply = self._failure
-            self._reset_transaction()
-            return ev.Rejected(reply)
-        if self._chunk_last:
-            return ev.MessageComplete(self._size, chunked=True)
-        return ev.BdatChunk(self._chunk_size)
+        return event
 
 
 def _b64(text):
