@@ -656,3 +656,20 @@ def test_strict_pipelining_allows_waiting_clients_and_mail_rcpt_batches():
 def test_invalid_utf8_is_not_echoed():
     h = Harness()
     assert h.lines(b"FOO \xff\xfe\r\n") == ['500 5.5.1 Command unrecognized: "FOO ??"']
+
+
+def test_over_long_auth_response_ends_the_exchange():
+    h = Harness(auth_mechanisms=("LOGIN",), auth_requires_tls=False,
+                answers={ev.Auth: lambda e: Reply(334, None, "VXNlcm5hbWU6")})
+    h.feed(b"EHLO c\r\n")
+    assert h.lines(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+    assert h.feed(b"A" * 20000) == b""
+    assert h.lines(b"A\r\nNOOP\r\n") == ["500 5.5.2 Line too long", "250 2.0.0 OK"]
+
+
+def test_enhanced_status_codes_can_be_turned_off():
+    h = Harness(enhancedstatuscodes=False)
+    got = h.lines(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT\r\n")
+    assert "250-ENHANCEDSTATUSCODES" not in got
+    assert got[-3:] == ["250 <a@x>... Sender ok", "250 <b@y>... Recipient ok",
+                        '501 Syntax error in parameters scanning ""']

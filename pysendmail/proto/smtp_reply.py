@@ -47,7 +47,8 @@ class Reply:
     def permanent(self):
         return self.code >= 500
 
-    def to_bytes(self):
+    def to_bytes(self, enhanced=True):
+        """The wire form; enhanced=False leaves the RFC 3463 code out."""
         out = []
         lines = self.lines
         last = len(lines) - 1
@@ -55,7 +56,7 @@ class Reply:
             # A reply line never carries a line break of its own.
             line = str(line).replace("\r", " ").replace("\n", " ")
             sep = " " if i == last else "-"
-            if self.enhanced:
+            if self.enhanced and enhanced:
                 out.append("%d%s%s %s\r\n" % (self.code, sep, self.enhanced, line))
             elif line:
                 out.append("%d%s%s\r\n" % (self.code, sep, line))

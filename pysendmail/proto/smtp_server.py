@@ -247,7 +247,7 @@ class SMTPServerConnection:
             raise LocalProtocolError("%d is no answer to %r" % (reply.code, event))
         self._pending = None
         self._after_reply(event, reply)
-        return reply.to_bytes()
+        return reply.to_bytes(self.config.enhancedstatuscodes)
 
     def _after_reply(self, event, reply):
         kind = type(event)
@@ -305,6 +305,8 @@ class SMTPServerConnection:
         del self._buf[:nl + 1]
         if self._skipping:
             self._skipping = False
+            if self.phase == AUTH:
+                self.phase = COMMAND      # an over-long response ends the exchange
             return self._reject(500, "5.5.2", "Line too long")
         if line.endswith(b"\r\n"):
             line = line[:-2]
