@@ -27,11 +27,13 @@ sys.path.insert(0, HERE)
 import phase_future  # noqa: E402
 import phase_profile  # noqa: E402
 import phase_submit  # noqa: E402
+import phase_whatif  # noqa: E402
 from target import Venv  # noqa: E402
 
 PHASES = {
     "submit": phase_submit,        # issue 2: CLI submission latency + peak RSS
     "profile": phase_profile,      # where the pysendmail submission time goes
+    "whatif": phase_whatif,        # what each part of the submission costs, by removal
     "hyperfine": phase_profile.Hyperfine,   # public-tool cross-check of `submit`
     "smtp": phase_future.Smtp,     # later: SMTP accept rate (needs the daemon)
     "deliver": phase_future.Deliver,   # later: delivery rate

@@ -176,6 +176,12 @@ def paired_ratio(xs, refs):
     return statistics.median(rs) if rs else None
 
 
+def paired_diff(xs, refs):
+    """Median over rounds of x - ref, in the walls' unit."""
+    ds = [x - y for x, y in zip(xs, refs)]
+    return statistics.median(ds) if ds else None
+
+
 def summary(case, refs=None):
     """A JSON-able dict for one case; refs maps a name to a reference Case."""
     w = case.walls
@@ -201,5 +207,6 @@ def summary(case, refs=None):
             out["ratios"][name] = {
                 "paired": paired_ratio(w, ref.walls),
                 "of_medians": (statistics.median(w) / statistics.median(ref.walls)) if w else None,
+                "diff_ms": paired_diff(w, ref.walls),
             }
     return out
