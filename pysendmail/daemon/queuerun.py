@@ -53,7 +53,7 @@ class QueueRun:
     # ----------------------------------------------------------------------------------
     def run(self, filters=(), force=True, include_held=False):
         """One pass over the queue. Returns the number of messages handled."""
-        if self.layout.system and os.geteuid() == 0:
+        if os.path.isdir(self.layout.maildrop) and os.access(self.layout.queue, os.W_OK | os.X_OK):
             from .pickup import pickup_all
             pickup_all(self.layout, self.options, self.ident, self.log)
         spool = Spool(self.layout.queue)
