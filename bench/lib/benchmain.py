@@ -82,6 +82,17 @@ def meta(ctx):
     }
 
 
+def wait_quiet(ctx, load, seconds):
+    """Bounded wait for a quieter machine (other jobs share the 2 cores)."""
+    if seconds <= 0 or os.getloadavg()[0] < load:
+        return
+    ctx.log(f"waiting up to {seconds:.0f} s for the load average to drop below {load} "
+            f"(now {os.getloadavg()[0]:.2f})")
+    deadline = time.monotonic() + seconds
+    while os.getloadavg()[0] >= load and time.monotonic() < deadline:
+        time.sleep(2)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("phases", nargs="*", default=DEFAULT_PHASES, help="|".join(PHASES))
@@ -91,6 +102,10 @@ def main(argv=None):
     ap.add_argument("--max-seconds", type=float, default=float(os.environ.get("BENCH_MAX_SECONDS", 600)))
     ap.add_argument("--rcpt", default=os.environ.get("BENCH_RCPT", "root@localhost"))
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT"))
+    ap.add_argument("--quiet-load", type=float, default=float(os.environ.get("BENCH_QUIET_LOAD", 1.0)),
+                    help="before each phase, wait until the 1-minute load average is below this ...")
+    ap.add_argument("--quiet-wait", type=float, default=float(os.environ.get("BENCH_QUIET_WAIT", 90)),
+                    help="... for at most this many seconds (0: do not wait)")
     args = ap.parse_args(argv)
     bad = [p for p in args.phases if p not in PHASES]
     if bad:
@@ -113,7 +128,8 @@ def main(argv=None):
     status = 0
     for name in args.phases:
         mod = PHASES[name]
-        ctx.log(f"== phase {name}")
+        wait_quiet(ctx, args.quiet_load, args.quiet_wait)
+        ctx.log(f"== phase {name} (load {' '.join('%.2f' % x for x in os.getloadavg())})")
         try:
             data = mod.run(ctx)
         except Exception as e:      # one broken phase must not lose the others' figures
