@@ -132,7 +132,6 @@ class SMTPServerConnection:
         self._buf = bytearray()
         self._eof = False
         self._pending = None
-        self._out_event = None
         # session
         self.helo = None            # the name given in HELO/EHLO
         self.esmtp = False
