@@ -10,6 +10,7 @@ import mailbox
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -635,3 +636,80 @@ def test_private_instance_as_plain_user(other_user, open_base):
     a, b, n, uid = out.stdout.decode().split()
     assert a == "2.0.0" and b.endswith("(already_in_mailbox)") and n == "1"
     assert int(uid) == other_user.pw_uid
+
+
+# -- kill -9 at many points, then run again: one complete copy each ----------------------
+
+KILL_SCRIPT = """
+import os, sys
+sys.path.insert(0, %(repo)r)
+from pysendmail import layout
+from pysendmail.delivery.local import deliver
+from pysendmail.queue.spool import Spool
+lay = layout.for_root(%(base)r)
+spool = Spool(lay.queue)
+env = spool.load(sys.argv[1])
+st = deliver(env, 0, spool, lay, %(opts)r)
+print(st.status, st.reply)
+"""
+
+
+def _chown_tree(top, uid, gid):
+    for d, dirs, files in os.walk(top):
+        for name in [d] + [os.path.join(d, n) for n in dirs + files]:
+            os.lchown(name, uid, gid)
+
+
+@pytest.mark.parametrize("fmt", ["mbox", "maildir"])
+@pytest.mark.parametrize("who", ["self", "user"])
+def test_kill9_at_many_points_exactly_once(fmt, who, open_base, request):
+    """SIGKILL the delivering process at spread-out moments (before, during and after
+    the append), then deliver again: every message is there once and whole."""
+    base = os.path.join(open_base, "inst")
+    user = ME
+    run_kw = {}
+    py = PY
+    if who == "user":
+        if not ROOT:
+            pytest.skip("needs root")
+        pw = request.getfixturevalue("other_user")
+        user = pw.pw_name
+        py = "/usr/bin/python3"
+        run_kw = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": [], "cwd": "/"}
+    opts = {"MailboxFormat": fmt, "MaildirPath": os.path.join(base, "md")}
+    body = b"".join(b"line %07d From here\nFrom there %d\n" % (i, i) for i in range(300000))
+    msgs = []
+    for _ in range(12):
+        env, spool, lay = _queue(base, body=body,
+                                 rcpts=[Recipient(user, mailer="local", user=user)])
+        msgs.append(env)
+    if who == "user":
+        _chown_tree(base, pw.pw_uid, pw.pw_gid)
+    script = KILL_SCRIPT % {"repo": REPO, "base": base, "opts": opts}
+    for i, env in enumerate(msgs):
+        delay = i * 0.6 / len(msgs)
+        p = subprocess.Popen([py, "-c", script, env.qid], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, start_new_session=True, **run_kw)
+        time.sleep(delay)
+        if i % 2:
+            os.killpg(p.pid, signal.SIGKILL)  # the runner and its delivery child
+        else:
+            p.kill()  # the runner only: an orphaned child may finish the append
+        p.communicate(timeout=60)
+        again = subprocess.run([py, "-c", script, env.qid], capture_output=True,
+                               timeout=120, **run_kw)
+        assert again.stdout.startswith(b"2.0.0"), again
+    if fmt == "mbox":
+        box = mailbox.mbox(os.path.join(lay.mail_dir, user), create=False)
+    else:
+        box = mailbox.Maildir(opts["MaildirPath"], create=False)
+    try:
+        assert len(box) == len(msgs)
+        got = sorted(box.get_bytes(k) for k in box.keys())
+    finally:
+        box.close()
+    one = _message(msgs[0], body)
+    if fmt == "mbox":
+        one = _quoted(one)  # the body ends with a newline; the blank line is the separator
+    wanted = sorted(one.replace(msgs[0].sender.encode(), env.sender.encode()) for env in msgs)
+    assert got == wanted

@@ -6,8 +6,9 @@ as ">From ", and a blank line at the end. A mailbox whose last message lacks tha
 blank line gets one (or two newlines) first, so the new "From " line starts a message.
 
 Locking, all held together while appending (so every reader's convention is honoured):
-a dotlock PATH.lock (created O_EXCL, stale after 5 minutes, skipped with a log line
-where the directory is not writable to us), an fcntl lock (lockf, F_SETLK on the whole
+a dotlock PATH.lock (created O_EXCL, holding "PID HOST"; stale after 5 minutes, or at
+once when it names a process of this host that no longer exists, as after a kill -9;
+skipped with a log line where the directory is not writable to us), an fcntl lock (lockf, F_SETLK on the whole
 file) and a flock lock. Each is tried without blocking and retried until a bounded
 deadline; a mailbox that stays locked is a temporary failure.
 
@@ -28,6 +29,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import socket
 import stat
 import time
 
@@ -36,6 +38,7 @@ from ..model import DeliveryStatus
 log = logging.getLogger("pysendmail.delivery")
 
 DOTLOCK_STALE = 300
+_HOST = socket.gethostname() or "localhost"
 CHUNK = 65536
 
 
@@ -53,6 +56,35 @@ def _status_for_oserror(e, what):
 
 # -- locks -------------------------------------------------------------------------------
 
+def _stale(lock):
+    """Why the dotlock `lock` is stale (older than 5 minutes, or ours from a process on
+    this host that is gone, e.g. killed with -9), or None while it is valid."""
+    st = os.lstat(lock)
+    age = time.time() - st.st_mtime
+    if age > DOTLOCK_STALE:
+        return "%d s old" % age
+    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        fst = os.fstat(fd)
+        content = os.read(fd, 256)
+    finally:
+        os.close(fd)
+    if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+        return None
+    pid, _, host = content.decode("ascii", "replace").strip().partition(" ")
+    if host != _HOST or not pid.isdigit() or int(pid) <= 0:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        cur = os.lstat(lock)
+        if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+            return "process %s is gone" % pid
+    except PermissionError:
+        pass
+    return None
+
+
 def _dotlock(path, deadline):
     """Create PATH.lock; returns its path, None when the directory does not let us
     (then only the kernel locks protect the file). Raises MailboxError on timeout."""
@@ -62,10 +94,10 @@ def _dotlock(path, deadline):
             fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             try:
-                age = time.time() - os.lstat(lock).st_mtime
-                if age > DOTLOCK_STALE:
+                why = _stale(lock)
+                if why:
                     os.unlink(lock)
-                    log.warning("removed stale lock %s (%d s old)", lock, age)
+                    log.warning("removed stale lock %s (%s)", lock, why)
                     continue
             except FileNotFoundError:
                 continue
@@ -78,7 +110,7 @@ def _dotlock(path, deadline):
             raise
         else:
             try:
-                os.write(fd, b"%d\n" % os.getpid())
+                os.write(fd, ("%d %s\n" % (os.getpid(), _HOST)).encode())
             finally:
                 os.close(fd)
             return lock
