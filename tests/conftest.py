@@ -46,8 +46,12 @@ def require_program_fixture():
 
 @pytest.fixture(scope="session")
 def sm_bin():
-    """Directory of the installed commands (the bin dir of the running interpreter's prefix)."""
+    """Directory of the installed commands: the bin dir of the running interpreter's prefix
+    (tests/run runs pytest with .venv's Python), else the checkout's .venv/bin when pytest
+    runs under another interpreter (then run tests/run first: that install may be stale)."""
     bindir = os.path.join(sys.prefix, "bin")
+    if not os.path.isfile(os.path.join(bindir, "sendmail")):
+        bindir = os.path.join(REPO, ".venv", "bin")
     for command in ("sendmail", "mailq", "newaliases", "pysendmail"):
         if not os.path.isfile(os.path.join(bindir, command)):
             pytest.fail("%s/%s is missing: run the tests with tests/run (it installs pysendmail "
