@@ -1,0 +1,535 @@
+"""Crash-safety acceptance tests: real SIGKILL at many points of submission and delivery.
+
+Requirement (issue): "kill -9 of `sendmail` and of the queue run at many points during
+submission and delivery: no message is delivered partially, none twice, and every
+submission that exited 0 is delivered."
+
+Method. The installed `sendmail` runs under strace's fault injection,
+    strace -f -e trace=SYSCALL -e inject=SYSCALL:signal=KILL:when=N sendmail ...
+which delivers a real SIGKILL on entry to the N-th call of SYSCALL (counted per process:
+the queue run's delivery children are killed at their own N-th call too). No hooks in
+the product. First an unkilled run is traced to count the calls; then N sweeps 1..count
+(every N for the small syscalls, a sample for chunked writes and for the interpreter's
+import-time openat calls). Scenarios: submission with -odq and -odi (two recipients,
+one an alias for two local users, a 1 MB body so writes are chunked), and the queue
+run over several queued messages for two mailboxes, as mbox and as Maildir, plus a
+queue run killed while it repairs the partial append an earlier kill left.
+
+After each kill: a canary message is submitted (leftovers must not break submission),
+then `sendmail -q` runs (unkilled) until the queue is empty, at most 3 times, and:
+  * every submission that exited 0 is in each of its recipients' mailboxes exactly once,
+    with its body byte for byte (mbox bodies are compared >From-quoted);
+  * a killed submission is in every recipient's mailbox once or in none (never partly);
+  * the mbox files are well-framed (each From_ line follows a blank line, the file
+    ends with one, Python's `mailbox` finds as many messages as there are From_ lines),
+    Maildir files carry their true size in S= and tmp/ is empty;
+  * `mailq --json` is empty and no dotlock is left behind.
+A randomized variant kills `sendmail` (or its whole process group) from outside after a
+random delay. Runs as root (the second local user is `daemon`, reached through a
+delivery child that drops privileges); bounded in time: every sweep has a budget.
+"""
+import grp
+import json
+import mailbox
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import IS_ROOT, require_program
+
+pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (delivery to a second local user)")
+
+USERS = ("root", "daemon")          # two local mailboxes; "both" is an alias for them
+ALIASES = "# crash-safety test aliases\nboth: root, daemon\n"
+RCPTS = ["root", "both"]            # two recipients, one an alias of two users
+RECOVERY_OPTS = ["-O", "Timeout.mailboxlock=2s"]   # a stuck mailbox shows up in seconds
+MAX_RECOVERY_RUNS = 3
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+SWEEP_SYSCALLS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat",
+                  "renameat2", "unlink", "unlinkat", "openat", "flock", "ftruncate",
+                  "link", "linkat", "mkdir")
+MAILDIR_OPTS = ["-O", "MailboxFormat=maildir"]
+
+
+# ---- messages ---------------------------------------------------------------------------
+
+def make_body(tid, size):
+    """A deterministic body of about `size` bytes: varied lines, some starting with
+    'From ' and '>From ' (mbox quoting), 8-bit bytes; ends with a newline."""
+    rnd = random.Random(tid)
+    lines = []
+    total = 0
+    i = 0
+    while total < size:
+        kind = rnd.randrange(12)
+        if kind == 0:
+            line = b"From the line %d of %s, quoted in mbox" % (i, tid.encode())
+        elif kind == 1:
+            line = b">From already quoted %d" % i
+        elif kind == 2:
+            line = b""
+        elif kind == 3:
+            line = b"caf\xc3\xa9 \xe9\xff 8-bit %d" % i
+        else:
+            line = b"%s %06d " % (tid.encode(), i) + bytes(
+                rnd.choice(b"abcdefghijklmnopqrstuvwxyz0123456789 .,:-")
+                for _ in range(rnd.randrange(10, 90)))
+        lines.append(line)
+        total += len(line) + 1
+        i += 1
+    return b"\n".join(lines) + b"\n"
+
+
+def make_message(tid, size):
+    body = make_body(tid, size)
+    head = ("From: Crash Tester <root@localhost>\nTo: root\nSubject: crash test %s\n"
+            "X-Test-Id: %s\n" % (tid, tid)).encode()
+    return head + b"\n" + body, body
+
+
+def mbox_quoted(body):
+    return b"\n".join(b">" + line if line.startswith(b"From ") else line
+                      for line in body.split(b"\n"))
+
+
+class Expect:
+    """A message that may be in the mailboxes: its body, its users, and whether it must."""
+
+    __slots__ = ("body", "users", "must")
+
+    def __init__(self, body, users, must):
+        self.body = body
+        self.users = tuple(users)
+        self.must = must
+
+
+# ---- instances ----------------------------------------------------------------------------
+
+class Crashbed:
+    """Private instances (PYSENDMAIL_ROOT) under one 0755 directory, so that the delivery
+    child running as `daemon` can reach its mailbox."""
+
+    def __init__(self, sm_bin):
+        self.sm = os.path.join(sm_bin, "sendmail")
+        self.mailq = os.path.join(sm_bin, "mailq")
+        self.top = tempfile.mkdtemp(prefix="pysm-crash-")
+        os.chmod(self.top, 0o755)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def close(self):
+        shutil.rmtree(self.top, ignore_errors=True)
+
+    def fresh_dir(self, tag):
+        with self._lock:
+            self._n += 1
+            n = self._n
+        d = os.path.join(self.top, "%s-%d" % (tag, n))
+        os.mkdir(d, 0o755)
+        return d
+
+    def new_instance(self, tag):
+        """An empty instance: aliases file, mail directory root:mail 2775 (like /var/mail)."""
+        base = os.path.join(self.fresh_dir(tag), "i")
+        os.makedirs(os.path.join(base, "etc"))
+        with open(os.path.join(base, "etc", "aliases"), "w") as f:
+            f.write(ALIASES)
+        mail = os.path.join(base, "mail")
+        os.mkdir(mail)
+        os.chown(mail, 0, grp.getgrnam("mail").gr_gid)
+        os.chmod(mail, 0o2775)
+        return base
+
+    def clone(self, template, tag):
+        """A copy of instance `template` (owners kept: cp -a as root)."""
+        base = os.path.join(self.fresh_dir(tag), "i")
+        subprocess.run(["cp", "-a", template, base], check=True)
+        return base
+
+    def env(self, base):
+        return dict(os.environ, PYSENDMAIL_ROOT=base)
+
+    def run(self, base, args, data=b"", prefix=(), timeout=120):
+        return subprocess.run(list(prefix) + [self.sm] + list(args), input=data,
+                              capture_output=True, env=self.env(base), timeout=timeout)
+
+    def submit(self, base, args, data):
+        p = self.run(base, args, data)
+        assert p.returncode == 0, "sendmail %s: %d %r %r" % (args, p.returncode, p.stdout, p.stderr)
+
+
+def strace_prefix(log, syscall, n, path=None):
+    """strace arguments that SIGKILL a tracee on entry to its n-th `syscall`."""
+    pre = ["strace", "-f", "-o", log, "-e", "trace=" + syscall,
+           "-e", "inject=%s:signal=KILL:when=%d" % (syscall, n)]
+    if path:
+        pre += ["-P", path]
+    return pre
+
+
+def was_killed(log):
+    try:
+        with open(log, "rb") as f:
+            return b"+++ killed by SIGKILL" in f.read()
+    except FileNotFoundError:
+        return False
+
+
+# ---- checks ---------------------------------------------------------------------------------
+
+_TID = re.compile(rb"^X-Test-Id: *(\S+)", re.M | re.I)
+
+
+def _tid(message):
+    head = message.partition(b"\n\n")[0]
+    m = _TID.search(head)
+    return m.group(1).decode("ascii", "replace") if m else None
+
+
+def _first_diff(a, b):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def read_mbox(path):
+    """[(test id, body bytes as stored)] of an mbox file, and framing problems."""
+    problems = []
+    if not os.path.exists(path):
+        return [], problems
+    with open(path, "rb") as f:
+        raw = f.read()
+    if not raw:
+        return [], problems
+    if not raw.startswith(b"From "):
+        problems.append("%s does not start with a From_ line: %r" % (path, raw[:60]))
+    if not raw.endswith(b"\n\n"):
+        problems.append("%s does not end with a blank line (torn tail %r)" % (path, raw[-60:]))
+    seps = 1 + raw.count(b"\nFrom ")
+    unframed = raw.count(b"\nFrom ") - raw.count(b"\n\nFrom ")
+    if unframed:
+        problems.append("%s: %d From_ lines not preceded by a blank line" % (path, unframed))
+    box = mailbox.mbox(path, create=False)
+    try:
+        out = []
+        for key in box.keys():
+            data = box.get_bytes(key)
+            out.append((_tid(data), data.partition(b"\n\n")[2]))
+    finally:
+        box.close()
+    if len(out) != seps:
+        problems.append("%s: mailbox module sees %d messages, %d From_ lines" % (path, len(out), seps))
+    return out, problems
+
+
+def read_maildir(path):
+    problems = []
+    if not os.path.isdir(path):
+        return [], problems
+    for sub in ("new", "cur"):
+        for name in os.listdir(os.path.join(path, sub)):
+            m = re.search(r",S=(\d+)", name)
+            size = os.path.getsize(os.path.join(path, sub, name))
+            if not m or int(m.group(1)) != size:
+                problems.append("%s/%s/%s: S= does not match the size %d" % (path, sub, name, size))
+    left = os.listdir(os.path.join(path, "tmp"))
+    if left:
+        problems.append("%s/tmp holds leftovers: %s" % (path, left))
+    box = mailbox.Maildir(path, factory=None, create=False)
+    out = []
+    for key in box.keys():
+        data = box.get_bytes(key)
+        out.append((_tid(data), data.partition(b"\n\n")[2]))
+    return out, problems
+
+
+def check_mailboxes(base, fmt, expected):
+    """Problems (strings) with the mailboxes of `base` against `expected` {tid: Expect}."""
+    problems = []
+    counts = {}
+    for user in USERS:
+        if fmt == "maildir":
+            got, probs = read_maildir(os.path.join(base, "mail", user, "Maildir"))
+        else:
+            got, probs = read_mbox(os.path.join(base, "mail", user))
+        problems += probs
+        for tid, body in got:
+            exp = expected.get(tid)
+            if exp is None:
+                problems.append("%s: unexpected message (X-Test-Id %s, %d body bytes)"
+                                % (user, tid, len(body)))
+                continue
+            want = exp.body if fmt == "maildir" else mbox_quoted(exp.body)
+            if body != want:
+                problems.append("%s: message %s is partial or corrupt: %d body bytes, want %d, "
+                                "first difference at %d" % (user, tid, len(body), len(want),
+                                                            _first_diff(body, want)))
+            counts[(tid, user)] = counts.get((tid, user), 0) + 1
+    for tid, exp in expected.items():
+        seen = {u: counts.get((tid, u), 0) for u in USERS}
+        for u in USERS:
+            if u not in exp.users and seen[u]:
+                problems.append("%s: message %s delivered to a non-recipient" % (u, tid))
+        mine = [seen[u] for u in exp.users]
+        if exp.must and mine != [1] * len(mine):
+            problems.append("message %s (submission exited 0) delivered %s times, want once each"
+                            % (tid, dict(zip(exp.users, mine))))
+        elif not exp.must and set(mine) not in ({0}, {1}):
+            problems.append("message %s (killed submission) delivered %s times: want once to "
+                            "every recipient or to none" % (tid, dict(zip(exp.users, mine))))
+    return problems
+
+
+def queue_files(base):
+    try:
+        return sorted(os.listdir(os.path.join(base, "spool", "queue")))
+    except FileNotFoundError:
+        return []
+
+
+def queued(base):
+    return [n for n in queue_files(base) if n[:2] in ("qf", "hf")]
+
+
+# ---- one kill point ---------------------------------------------------------------------------
+
+class Scenario:
+    """What runs killed: `args`/`data` on an instance made by `prepare(bed)` ->
+    (base, expected). `submitted` is the (tid, body) of the message the run submits."""
+
+    def __init__(self, name, args, prepare, fmt="mbox", data=b"", submitted=None, opts=()):
+        self.name = name
+        self.args = list(args)
+        self.prepare = prepare
+        self.fmt = fmt
+        self.data = data
+        self.submitted = submitted
+        self.opts = list(opts)
+
+
+def recover_and_check(bed, sc, base, expected, label):
+    """Canary, bounded recovery runs, then every check. Returns a list of problems."""
+    problems = []
+    canary_msg, canary_body = make_message("canary", 2000)
+    p = bed.run(base, sc.opts + ["-odq"] + RCPTS, canary_msg)
+    if p.returncode != 0:
+        problems.append("canary submission after the kill exited %d: %r" % (p.returncode, p.stderr[-300:]))
+    else:
+        expected["canary"] = Expect(canary_body, USERS, True)
+    runs = []
+    for _ in range(MAX_RECOVERY_RUNS):
+        p = bed.run(base, sc.opts + RECOVERY_OPTS + ["-q"])
+        runs.append(p.returncode)
+        if not queued(base):
+            break
+    p = subprocess.run([bed.mailq, "--json"], capture_output=True, env=bed.env(base), timeout=60)
+    if p.returncode != 0:
+        problems.append("mailq --json exited %d: %r" % (p.returncode, p.stderr[-300:]))
+    else:
+        listing = json.loads(p.stdout)
+        if listing["total"]:
+            problems.append("queue not empty after %d recovery runs (exit %s): %s" % (
+                len(runs), runs, [(m["id"], [(r["address"], r["state"], r["error"])
+                                             for r in m["recipients"]])
+                                  for m in listing["messages"]]))
+    lost = [n for n in queue_files(base) if n.startswith(("Qf", "qf", "hf"))]
+    if lost:
+        problems.append("control files left in the queue: %s" % lost)
+    locks = [n for n in os.listdir(os.path.join(base, "mail")) if n.endswith(".lock")]
+    if locks:
+        problems.append("dotlocks left in the mail directory: %s" % locks)
+    problems += check_mailboxes(base, sc.fmt, expected)
+    return ["%s: %s" % (label, pr) for pr in problems]
+
+
+def run_point(bed, sc, syscall, n, path=None):
+    """Kill `sc` at the n-th `syscall` (optionally only calls on `path`), recover, check.
+    Returns (killed, problems)."""
+    base, expected = sc.prepare(bed)
+    log = os.path.join(os.path.dirname(base), "strace.log")
+    target = os.path.join(base, path) if path else None
+    p = bed.run(base, sc.opts + sc.args, sc.data, prefix=strace_prefix(log, syscall, n, target))
+    killed = was_killed(log)
+    label = "%s kill at %s #%d%s (exit %d)" % (sc.name, syscall, n,
+                                                 " on %s" % path if path else "", p.returncode)
+    problems = []
+    if not killed and p.returncode != 0:
+        problems.append("%s: unkilled run failed: %r" % (label, p.stderr[-300:]))
+    if sc.submitted:
+        tid, body = sc.submitted
+        expected[tid] = Expect(body, USERS, p.returncode == 0)
+    problems += recover_and_check(bed, sc, base, expected, label)
+    return killed, problems
+
+
+# ---- counting and planning ----------------------------------------------------------------
+
+_CALL = re.compile(r"^(\d+) +(\w+)\((.*)")
+
+
+def count_calls(bed, sc):
+    """Trace an unkilled run: {syscall: {pid: [argument text, ...]}}; also checks the run."""
+    base, expected = sc.prepare(bed)
+    log = os.path.join(os.path.dirname(base), "count.log")
+    prefix = ["strace", "-f", "-s", "300", "-o", log,
+              "-e", "trace=" + ",".join("?" + s for s in SWEEP_SYSCALLS)]
+    p = bed.run(base, sc.opts + sc.args, sc.data, prefix=prefix)
+    assert p.returncode == 0, "unkilled %s exited %d: %r" % (sc.name, p.returncode, p.stderr)
+    calls = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            m = _CALL.match(line)
+            if m and "resumed>" not in line:
+                calls.setdefault(m.group(2), {}).setdefault(m.group(1), []).append(m.group(3))
+    if sc.submitted:
+        tid, body = sc.submitted
+        expected[tid] = Expect(body, USERS, True)
+    problems = recover_and_check(bed, sc, base, expected, sc.name + " unkilled")
+    assert not problems, "\n".join(problems)
+    return calls, base
+
+
+def plan(calls, base, write_samples=30, other_samples=4):
+    """The (syscall, n) kill points: every n for small counts; for write, a spread sample;
+    for openat, every call on the instance's files plus a few import-time ones."""
+    points = []
+    for syscall, per_pid in sorted(calls.items()):
+        count = max(len(v) for v in per_pid.values())
+        if syscall == "openat":
+            mine = sorted({i + 1 for v in per_pid.values() for i, a in enumerate(v) if base in a})
+            others = [n for n in range(1, count + 1) if n not in mine]
+            step = max(1, len(others) // other_samples)
+            ns = sorted(set(mine) | set(others[::step]))
+        elif syscall in ("write", "pwrite64") and count > write_samples:
+            head, tail = list(range(1, 7)), list(range(count - 7, count + 1))
+            step = max(1, (count - 14) // (write_samples - 14))
+            ns = sorted(set(head + tail + list(range(7, count - 7, step))))
+        else:
+            ns = list(range(1, count + 1))
+        points += [(syscall, n) for n in ns]
+    return points
+
+
+def sweep(bed, sc, budget, required=("write", "fsync", "rename", "openat", "flock"),
+          write_samples=30):
+    """Count, plan, run every point (in parallel, within `budget` seconds); assert."""
+    calls, base = count_calls(bed, sc)
+    for s in required:
+        assert s in calls, "%s: no %s calls seen in an unkilled run" % (sc.name, s)
+    points = plan(calls, base, write_samples=write_samples)
+    deadline = time.monotonic() + budget
+    results = []
+    with ThreadPoolExecutor(WORKERS) as pool:
+        futures = [(pt, pool.submit(_timed_point, bed, sc, pt, deadline)) for pt in points]
+        for pt, fut in futures:
+            results.append((pt, fut.result()))
+    skipped = [pt for pt, r in results if r is None]
+    done = [(pt, r) for pt, r in results if r is not None]
+    problems = [pr for _, (_, probs) in done for pr in probs]
+    killed = {pt for pt, (k, _) in done if k}
+    per = {}
+    for s, _ in points:
+        per[s] = per.get(s, 0) + 1
+    summary = "%s: %d kill points planned (%s), %d run, %d killed, %d over budget" % (
+        sc.name, len(points), ", ".join("%s %d" % kv for kv in sorted(per.items())),
+        len(done), len(killed), len(skipped))
+    print(summary)
+    assert not problems, summary + "\n" + "\n".join(problems)
+    assert not skipped, summary + ": the sweep ran out of its %d s budget" % budget
+    for s in required:
+        assert any(pt[0] == s for pt in killed), "%s: no kill at %s fired" % (sc.name, s)
+    return killed
+
+
+def _timed_point(bed, sc, pt, deadline):
+    if time.monotonic() > deadline:
+        return None
+    return run_point(bed, sc, *pt)
+
+
+# ---- scenarios ----------------------------------------------------------------------------------
+
+BIG = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def bed(sm_bin):
+    require_program("strace")
+    b = Crashbed(sm_bin)
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def templates(bed):
+    """Instances built once and cloned for every kill point:
+    'sub': root's mailbox already holds one message (appends go after it);
+    'mbox' / 'maildir': that, plus four queued messages for root and daemon."""
+    out = {}
+    for fmt, opts in (("mbox", []), ("maildir", MAILDIR_OPTS)):
+        base = bed.new_instance("template-" + fmt)
+        expected = {}
+        msg, body = make_message("old", 5000)
+        bed.submit(base, opts + ["-odi", "root"], msg)
+        expected["old"] = Expect(body, ("root",), True)
+        if fmt == "mbox":
+            out["sub"] = (base, dict(expected))
+            base = bed.clone(base, "template-queue")
+        for tid, size, rcpts, users in (("q1", 3000, ["root"], ("root",)),
+                                        ("q2", BIG, RCPTS, USERS),
+                                        ("q3", 150_000, ["daemon", "root"], USERS),
+                                        ("q4", 800, ["daemon"], ("daemon",))):
+            msg, body = make_message(tid, size)
+            bed.submit(base, opts + ["-odq"] + rcpts, msg)
+            expected[tid] = Expect(body, users, True)
+        assert len(queued(base)) == 4
+        out[fmt] = (base, expected)
+    return out
+
+
+def _from_template(templates, key):
+    def prepare(bed):
+        base, expected = templates[key]
+        return bed.clone(base, key), dict(expected)
+    return prepare
+
+
+def submission_scenario(templates, mode):
+    msg, body = make_message("sub", BIG)
+    return Scenario("submission " + mode, [mode] + RCPTS, _from_template(templates, "sub"),
+                    data=msg, submitted=("sub", body))
+
+
+def test_kill_submission_odq(bed, templates):
+    """sendmail -odq root both < 1 MB: killed at every write/fsync/rename/unlink/openat/flock."""
+    sweep(bed, submission_scenario(templates, "-odq"), budget=40)
+
+
+def test_kill_submission_odi(bed, templates):
+    """sendmail -odi root both < 1 MB: killed while queueing and while delivering."""
+    sweep(bed, submission_scenario(templates, "-odi"), budget=50, write_samples=24)
+
+
+def test_kill_queue_run_mbox(bed, templates):
+    """sendmail -q over four messages for root and daemon (mbox)."""
+    sc = Scenario("queue run mbox", ["-q"], _from_template(templates, "mbox"))
+    sweep(bed, sc, budget=50, write_samples=24)
+
+
+def test_kill_queue_run_maildir(bed, templates):
+    """sendmail -O MailboxFormat=maildir -q over four messages for root and daemon."""
+    sc = Scenario("queue run maildir", ["-q"], _from_template(templates, "maildir"),
+                  fmt="maildir", opts=MAILDIR_OPTS)
+    killed = sweep(bed, sc, budget=50, required=("write", "fsync", "rename", "openat", "flock",
+                                                 "link"), write_samples=24)
+    assert killed
