@@ -184,6 +184,12 @@ class SystemSandbox:
                                  "--- stderr\n%s" % (proc.returncode, script, proc.stdout, proc.stderr))
         return proc
 
+    def forget_pysendmail(self):
+        """Hide any pysendmail system state the machine itself has (spool, state, run dir,
+        unit), so the sandbox starts as a machine where pysendmail was never installed."""
+        self.run("rm -rf /var/spool/pysendmail /var/lib/pysendmail /run/pysendmail "
+                 "/etc/systemd/system/pysendmail.service")
+
     def python(self, code, *args, env=None):
         """Run Python `code` in the sandbox with this interpreter; returns its stdout."""
         import shlex
@@ -237,4 +243,6 @@ print(json.dumps(out))
 def system_sandbox(tmp_path):
     """A fresh SystemSandbox (root only; skips or, under CI, fails without overlayfs)."""
     SystemSandbox.check_available(str(tmp_path))
-    return SystemSandbox(tmp_path / "sandbox")
+    sandbox = SystemSandbox(tmp_path / "sandbox")
+    sandbox.forget_pysendmail()
+    return sandbox

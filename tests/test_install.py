@@ -54,6 +54,16 @@ def test_unit_file_fallback_is_the_shipped_unit():
     assert "\nProtectHome=" not in text and "ProtectSystem=strict" not in text
 
 
+def test_unit_file_passes_systemd_analyze(tmp_path, require_program):
+    analyze = require_program("systemd-analyze")
+    from pysendmail.cli import install
+
+    unit = tmp_path / "pysendmail.service"
+    unit.write_text(install.unit_text("/bin/true"))
+    proc = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc
+
+
 def test_needs_root(sm_bin):
     cmd = [os.path.join(sm_bin, "pysendmail"), "install", "--dry-run"]
     if os.geteuid() == 0:

@@ -113,6 +113,7 @@ def session(sm_bin, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("system-callers"))
     SystemSandbox.check_available(base)
     sandbox = SystemSandbox(os.path.join(base, "sandbox"))
+    sandbox.forget_pysendmail()
     out = tempfile.mkdtemp(dir=base)
     os.chmod(out, 0o755)
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
