@@ -1,0 +1,180 @@
+"""The long-running service: `sendmail -bD -q1m` in the foreground on a private instance.
+
+Started as a subprocess of the test (every wait bounded): it writes its pid file and binds
+the pickup socket; a message queued with -odq waits until the socket is poked (an AF_UNIX
+datagram to <root>/spool/public/pickup), then is delivered within 3 s; SIGHUP with a -C
+file that was broken meanwhile keeps the daemon running (and working) and logs the
+refusal; SIGTERM ends it with status 0 and removes the pid file and the socket.
+Log lines go to <root>/state/log/maillog: where a syslog socket exists, the daemon runs
+in a private mount namespace with /dev/log hidden, so it falls back to that file.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import IS_ROOT
+
+MSG = b"Subject: daemon test\n\nhello from the queue\n"
+
+
+def _no_syslog(argv):
+    """argv, run so that the logger finds no syslog socket (root only when /dev/log exists)."""
+    if not os.path.exists("/dev/log"):
+        return argv
+    if not IS_ROOT:
+        pytest.skip("a syslog socket exists and hiding it needs root")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind /dev/null /dev/log && exec "$0" "$@"'] + argv
+
+
+def wait_for(pred, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return pred()
+
+
+class Daemon:
+    def __init__(self, inst, extra=()):
+        self.inst = inst
+        self.pid_file = os.path.join(inst.path, "run", "sendmail.pid")
+        self.socket = os.path.join(inst.path, "spool", "public", "pickup")
+        self.log = os.path.join(inst.path, "state", "log", "maillog")
+        argv = _no_syslog([inst.command(), "-bD", "-q1m"] + list(extra))
+        self.proc = subprocess.Popen(argv, env=inst.env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        ok = wait_for(lambda: os.path.exists(self.pid_file) and os.path.exists(self.socket)
+                      or self.proc.poll() is not None, 10)
+        if not ok or self.proc.poll() is not None:
+            out, err = self.stop()
+            pytest.fail("daemon did not start: status %r\n%r\n%r" % (self.proc.returncode, out, err))
+
+    def poke(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.sendto(b"W", self.socket)
+        finally:
+            s.close()
+
+    def log_text(self):
+        if not os.path.exists(self.log):
+            return ""
+        with open(self.log, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return out, err
+
+
+@pytest.fixture
+def daemon_factory(sm_root):
+    started = []
+
+    def start(extra=()):
+        d = Daemon(sm_root, extra)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def _queued(inst):
+    q = os.path.join(inst.path, "spool", "queue")
+    return sorted(n for n in os.listdir(q) if n.startswith("qf")) if os.path.isdir(q) else []
+
+
+def test_pid_file_and_socket(daemon_factory, sm_root):
+    d = daemon_factory()
+    with open(d.pid_file) as f:
+        assert f.read() == "%d\n" % d.proc.pid
+    import stat
+    st = os.stat(d.socket)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o666
+    assert "starting daemon" in d.log_text()
+
+
+def test_poke_delivers_a_queued_message_within_3_seconds(daemon_factory, sm_root):
+    d = daemon_factory()
+    time.sleep(0.5)                                  # let the start-up queue run finish
+    sm_root.run(["-odq", "root"], input=MSG, check=True)
+    assert len(_queued(sm_root)) == 1
+    time.sleep(1.0)
+    assert len(_queued(sm_root)) == 1, "delivered without a poke: the -q1m run came early"
+    assert sm_root.messages("root") == []
+    t0 = time.monotonic()
+    d.poke()
+    assert wait_for(lambda: len(sm_root.messages("root")) == 1, 3), "not delivered within 3 s"
+    assert time.monotonic() - t0 < 3
+    assert wait_for(lambda: _queued(sm_root) == [], 3)
+    msg = sm_root.messages("root")[0]
+    assert msg["Subject"] == "daemon test"
+    assert msg.get_payload() == "hello from the queue\n"
+    assert d.proc.poll() is None
+
+
+def test_sigterm_removes_pid_file_and_socket(daemon_factory, sm_root):
+    d = daemon_factory()
+    time.sleep(0.5)                                  # idle, waiting in its loop
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    d.proc.wait(10)
+    took = time.monotonic() - t0
+    assert d.proc.returncode == 0
+    # An idle daemon has no message to finish: it must stop at once, not at its next
+    # wake-up (select() is restarted after a signal handler returns, PEP 475).
+    assert took < 2, "SIGTERM took %.1f s to stop an idle daemon" % took
+    assert not os.path.exists(d.pid_file)
+    assert not os.path.exists(d.socket)
+    assert "stopping daemon" in d.log_text()
+
+
+@pytest.mark.parametrize("breakage", ["directory", "missing"])
+def test_sighup_with_a_broken_cf_keeps_running(daemon_factory, sm_root, tmp_path, breakage):
+    from pysendmail.layout import DEFAULT_CF
+    cf = str(tmp_path / "test.cf")
+    shutil.copyfile(DEFAULT_CF, cf)
+    d = daemon_factory(["-C", cf])
+    os.unlink(cf)
+    if breakage == "directory":
+        os.mkdir(cf)
+    before = d.log_text()
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "not reloaded" in d.log_text()[len(before):], 7), d.log_text()
+    time.sleep(0.3)
+    assert d.proc.poll() is None, "daemon died on SIGHUP with a broken cf"
+    assert os.path.exists(d.pid_file)
+    # and it still works with the old configuration
+    sm_root.run(["-odq", "-C", DEFAULT_CF, "root"], input=MSG, check=True)
+    d.poke()
+    assert wait_for(lambda: len(sm_root.messages("root")) == 1, 3)
+
+
+def test_sighup_with_a_good_cf_reloads(daemon_factory, sm_root, tmp_path):
+    from pysendmail.layout import DEFAULT_CF
+    cf = str(tmp_path / "test.cf")
+    shutil.copyfile(DEFAULT_CF, cf)
+    d = daemon_factory(["-C", cf])
+    before = d.log_text()
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "restarting" in d.log_text()[len(before):], 7), d.log_text()
+    assert d.proc.poll() is None
