@@ -134,47 +134,74 @@ SANDBOX_DIRS = ("/usr/sbin", "/usr/lib", "/usr/bin", "/etc", "/var/spool", "/var
 class SystemSandbox:
     """Copy-on-write views (overlayfs) of the system directories that installing an MTA
     touches. Each run() enters a new private mount and PID namespace (`unshare`), mounts
-    an overlay over each of SANDBOX_DIRS with the upper layers under `base`, and runs a
-    bash script there; the changes persist in `base` from one run() to the next, and the
-    machine's own files are never touched. When the script ends, every process it left
-    behind dies with the PID namespace."""
+    an overlay over each of SANDBOX_DIRS and runs a bash script there; the changes persist
+    under `base` from one run() to the next, and the machine's own files are never touched.
+    When the script ends, every process it left behind dies with the PID namespace.
 
-    def __init__(self, base):
+    Mode "overlay": the upper layers live in `base`. Mode "tmpfs" (where `base` cannot
+    hold upper layers, e.g. a container whose root is itself an overlay): they live on a
+    tmpfs inside the namespace and are carried from run to run in base/state.tar (whiteouts
+    and opaque-directory xattrs included). PYSENDMAIL_TEST_SANDBOX=tmpfs forces it."""
+
+    def __init__(self, base, mode="overlay"):
         self.base = str(base)
+        self.mode = mode
         os.makedirs(self.base, exist_ok=True)
+        layers = self.base if mode == "overlay" else os.path.join(self.base, "tmpfs")
+        self.state = os.path.join(self.base, "state.tar")
         self.prelude = ["set -e"]
+        if mode == "tmpfs":
+            os.makedirs(layers, exist_ok=True)
+            self.prelude += [
+                "mount -t tmpfs -o mode=0700 pysendmail-sandbox %s" % layers,
+                "if [ -e %s ]; then tar --xattrs --xattrs-include='*' -xpf %s -C %s; fi"
+                % (self.state, self.state, layers)]
         for d in SANDBOX_DIRS:
             name = d.strip("/").replace("/", "_")
-            upper, work = (os.path.join(self.base, kind, name) for kind in ("upper", "work"))
-            os.makedirs(upper, exist_ok=True)
-            os.makedirs(work, exist_ok=True)
+            upper, work = (os.path.join(layers, kind, name) for kind in ("upper", "work"))
+            self.prelude.append("mkdir -p %s %s" % (upper, work))
             self.prelude.append("mount -t overlay overlay -o lowerdir=%s,upperdir=%s,workdir=%s %s"
                                 % (d, upper, work, d))
         self.prelude.append("set +e")
+        self.epilogue = []
+        if mode == "tmpfs":
+            self.epilogue = ["tar --xattrs --xattrs-include='*' -cpf %s.new -C %s upper && mv %s.new %s"
+                             % (self.state, layers, self.state, self.state)]
 
     @staticmethod
     def check_available(base):
-        """Fail (CI) or skip unless overlay mounts in a private namespace work here."""
+        """The mode that works here ("overlay" or "tmpfs"); fails (CI) or skips if none does."""
         if not IS_ROOT:
             pytest.skip("needs root")
         require_program("unshare")
-        for d in ("u", "w", "l", "m"):
-            os.makedirs(os.path.join(base, "probe", d), exist_ok=True)
         p = os.path.join(base, "probe")
-        proc = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "mount", "-t", "overlay", "overlay",
-             "-o", "lowerdir=/usr/sbin,upperdir=%s/u,workdir=%s/w" % (p, p), "%s/m" % p],
-            capture_output=True, text=True)
+        for d in ("u", "w", "m", "t"):
+            os.makedirs(os.path.join(p, d), exist_ok=True)
+        probes = {
+            "overlay": "mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={p}/u,workdir={p}/w {p}/m",
+            "tmpfs": "mount -t tmpfs probe {p}/t && mkdir {p}/t/u {p}/t/w && mount -t overlay overlay "
+                     "-o lowerdir=/usr/sbin,upperdir={p}/t/u,workdir={p}/t/w {p}/m",
+        }
+        wanted = os.environ.get("PYSENDMAIL_TEST_SANDBOX")
+        errors = []
+        for mode, probe in probes.items():
+            if wanted and mode != wanted:
+                continue
+            proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                   probe.format(p=p)], capture_output=True, text=True)
+            if proc.returncode == 0:
+                shutil.rmtree(p, ignore_errors=True)
+                return mode
+            errors.append("%s: %s" % (mode, proc.stderr.strip()))
         shutil.rmtree(p, ignore_errors=True)
-        if proc.returncode != 0:
-            message = "overlay mounts do not work here: %s" % proc.stderr.strip()
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
+        message = "overlay mounts do not work here: %s" % "; ".join(errors)
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
 
     def run(self, script, env=None, timeout=180, check=True, input=None):
         """Run bash `script` inside the sandbox; returns the CompletedProcess (text)."""
-        body = "\n".join(self.prelude) + "\n" + script + "\nrc=$?\nexit $rc\n"
+        body = "\n".join(self.prelude + ["(", script, ")", "rc=$?"] + self.epilogue + ["exit $rc", ""])
         cmd = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--mount-proc",
                "bash", "-c", body]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
@@ -242,7 +269,7 @@ print(json.dumps(out))
 @pytest.fixture
 def system_sandbox(tmp_path):
     """A fresh SystemSandbox (root only; skips or, under CI, fails without overlayfs)."""
-    SystemSandbox.check_available(str(tmp_path))
-    sandbox = SystemSandbox(tmp_path / "sandbox")
+    mode = SystemSandbox.check_available(str(tmp_path))
+    sandbox = SystemSandbox(tmp_path / "sandbox", mode)
     sandbox.forget_pysendmail()
     return sandbox
