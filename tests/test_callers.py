@@ -366,3 +366,26 @@ def test_php_mail_function(sm_root, require_program, extra, sender):
     assert msg.body == b"Line one\nLine two\n.\nlast\n"
     assert b"\r" not in msg.raw
     check_sender(msg, sender)
+
+
+def test_cron_mailto_list_is_split_on_commas(sm_root):
+    """MAILTO=root,extra@example.net reaches sendmail as ONE argument (Debian cron)."""
+    data = stdin_of("cron")
+    submit(sm_root, ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "", "root,extra@example.net"], data,
+           shell=True)
+    [msg] = deliver(sm_root, "root", 1)
+    check_message(msg, data, "root")
+    queued = re.findall(r"^\t+ ?(\S+)$", sm_root.mailq(), re.M)
+    assert queued == ["extra@example.net"], queued
+
+
+def test_php_raw_utf8_header_and_mixed_line_ends(sm_root):
+    """As observed from PHP 8.2 mail(): CRLF headers, a raw UTF-8 Subject, bare LFs in the
+    body and a final CRLF. The 8-bit header bytes arrive unchanged."""
+    data = (b"To: root\r\nSubject: \xc3\x9cn\xc3\xafcode subj\r\nFrom: php@example.test\r\n"
+            b"Reply-To: r@example.test\r\n\r\nLine one\nLine two\n.\nlast\r\n")
+    submit(sm_root, ["-t", "-i", "-fbounce@example.test"], data, shell=True)
+    [msg] = deliver(sm_root, "root", 1)
+    check_message(msg, data, "bounce@example.test")
+    assert b"\nSubject: \xc3\x9cn\xc3\xafcode subj\n" in msg.raw
+    assert msg.body == b"Line one\nLine two\n.\nlast\n"
