@@ -435,6 +435,8 @@ def main(argv, command="install"):
         else:
             sys.stderr.write("pysendmail %s: unknown argument %r\n%s" % (command, arg, USAGE))
             return EX_USAGE
+    import subprocess
+
     if os.geteuid() != 0:
         sys.stderr.write("pysendmail %s: must be run as root\n" % command)
         return EX_NOPERM
@@ -445,11 +447,8 @@ def main(argv, command="install"):
         inst = Installer(root)
         steps = inst.install_plan() if command == "install" else inst.uninstall_plan()
         inst.execute(command, steps, dry_run)
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as e:
         sys.stderr.write("pysendmail %s: %s\n" % (command, e))
-        return EX_SOFTWARE
-    except Exception as e:  # a subprocess failure (useradd) and the like
-        sys.stderr.write("pysendmail %s: %s: %s\n" % (command, type(e).__name__, e))
         return EX_SOFTWARE
     return EX_OK
 
