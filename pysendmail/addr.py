@@ -165,6 +165,8 @@ def parse(text, *, allow_empty=False, status=EX_USAGE):
     bare = _route_addr(text)
     if bare == "" and not allow_empty and text not in ("<>",):
         raise AddressError(text, "User address required", status)
+    if bare.startswith("@") and ":" not in bare:
+        raise AddressError(text, "User address required", status)
     return Address(text, bare)
 
 

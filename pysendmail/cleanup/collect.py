@@ -3,8 +3,9 @@
 The header block (bounded by MaxHeadersLength) is parsed into raw header fields;
 the body is streamed to the queue's data file in 64 KiB chunks, so a 50 MB message
 goes through in bounded memory. Line ends are normalised to LF (CRLF -> LF; PHP
-mixes CRLF headers with an LF body); every other byte, 8-bit and NUL included, is
-kept. Without -i a line holding only "." ends the message, as in Sendmail.
+mixes CRLF headers with an LF body); every other body byte, 8-bit and NUL included,
+is kept. A bare CR in a header field is dropped (a reader that took it for a line end
+would see a forged field). Without -i a line holding only "." ends the message, as in Sendmail.
 """
 import os
 
@@ -83,6 +84,8 @@ def collect(fd, out_fd, ignore_dots=False, max_headers=32768):
         if not line:
             break
         text = _chomp(line)
+        if b"\r" in text:
+            text = text.replace(b"\r", b"")      # a bare CR must not split a header field
         if not ignore_dots and text == b".":
             inp.buf = b""
             inp.eof = True

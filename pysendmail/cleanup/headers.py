@@ -15,14 +15,17 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def rfc5322_date(now):
-    """'Thu, 26 Nov 2026 14:45:26 +0000' in local time (no locale, no datetime import)."""
+    """'Thu, 26 Nov 2026 14:45:26 -0500' in local time (no locale, no datetime import);
+    on a UTC host 'GMT', as Sendmail's arpadate writes it."""
     t = time.localtime(now)
     off = t.tm_gmtoff // 60
-    sign = "+" if off >= 0 else "-"
-    off = abs(off)
-    return "%s, %d %s %d %02d:%02d:%02d %s%02d%02d" % (
+    if off == 0:
+        zone = "GMT"
+    else:
+        zone = "%s%02d%02d" % ("+" if off > 0 else "-", abs(off) // 60, abs(off) % 60)
+    return "%s, %d %s %d %02d:%02d:%02d %s" % (
         _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
-        t.tm_hour, t.tm_min, t.tm_sec, sign, off // 60, off % 60)
+        t.tm_hour, t.tm_min, t.tm_sec, zone)
 
 
 def ctime_date(now):
@@ -67,8 +70,9 @@ def received(qid, hostname, user, now, rcpt=None, protocol=None):
     text = "Received: (from %s@localhost)\n\tby %s (pysendmail %s) id %s" % (
         user, hostname, __version__, qid)
     if rcpt:
-        text += "\n\tfor %s" % rcpt
-    text += "; %s" % rfc5322_date(now)
+        text += "\n\tfor %s; %s" % (rcpt, rfc5322_date(now))
+    else:
+        text += ";\n\t%s" % rfc5322_date(now)
     return text.encode("utf-8", "surrogateescape")
 
 

@@ -47,20 +47,32 @@ def main(argv=None):
         return EX_SOFTWARE
 
 
+def _login():
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "uid%d" % os.getuid()
+
+
 def _setup(inv):
     from .. import layout as layoutmod
     from ..config import identity, options as optmod
+    from ..log import Logger
     layout = layoutmod.current()
-    cf = optmod.read_quick(inv.cf or layout.cf)
-    for name in inv.options:
-        optmod.check_name(name)
+    log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)
+    try:
+        cf = optmod.read_quick(inv.cf or layout.cf)
+        for name in inv.options:
+            optmod.check_name(name)
+    except MTAError as e:
+        log.syserr(None, _login(), e.message)
+        raise
     options = dict(cf.options)
     options.update(inv.options)
     if options.get("AliasFile"):
         layout.aliases = options["AliasFile"].split(",")[0].strip()
     ident = identity.detect(cf)
-    from ..log import Logger
-    log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)
     return layout, options, ident, log
 
 

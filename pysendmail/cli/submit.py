@@ -17,7 +17,7 @@ import time
 
 from .. import log as logfmt
 from .. import addr as addrmod
-from ..errors import (EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, AddressError,
+from ..errors import (EX_CANTCREAT, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, AddressError,
                       MTAError)
 from ..model import FAILED, Envelope, Recipient
 from ..cleanup import headers as hdr
@@ -106,9 +106,16 @@ class Submission:
             self.say(e.message)
             self.say(e.message)
             return EX_USAGE
-        if self._trusted():
-            return self._submit_to_queue(sender, words)
-        return self._submit_to_maildrop(sender, words)
+        try:
+            if self._trusted():
+                return self._submit_to_queue(sender, words)
+            return self._submit_to_maildrop(sender, words)
+        except OSError as e:
+            where = e.filename or self.layout.spool
+            self.say("queueing: cannot create a queue file in %s: %s" % (
+                os.path.dirname(where) if e.filename else where, e.strerror))
+            self.log.err(None, "SYSERR(%s): cannot queue message: %s" % (self.caller.login, e))
+            return EX_CANTCREAT
 
     def _trusted(self):
         """May this caller write the queue directly?"""
@@ -142,21 +149,23 @@ class Submission:
             if inv.read_recipients:
                 for value in hdr.recipient_texts(headers):
                     texts.extend(addrmod.split_list(value))
-                headers = hdr.strip_bcc(headers)
-            submitted = sum(len(h) + 1 for h in got.headers) + 1 + got.body_size
+            headers = hdr.strip_bcc(headers)      # never shown to recipients, -t or not
+            submitted = sum(len(h) + 1 for h in got.headers) + got.body_size
+            if got.headers and got.body_size:
+                submitted += 1                      # the blank line between them
             env = self._envelope(qid, now, sender, headers, got)
             self._add_recipients(env, texts)
             if not texts and inv.read_recipients:
                 self.say("No recipient addresses found in header")
             good = [r for r in env.recipients if r.state != FAILED]
-            single = good[0].address if len(good) == 1 and len(texts) == 1 else None
+            single = env.recipients[0].address if len(env.recipients) == 1 else None
             env.headers = hdr.fix_up(
                 headers, qid=qid, hostname=self.ident.j, now=now, user=self.caller.login,
                 from_address=self._from_address(sender), full_name=self._full_name(),
                 single_rcpt=single, auth_warning=self._auth_warning(sender))
             size = submitted
             env.size = got.body_size
-            env.priority = priority(size, len(good))
+            env.priority = priority(size, len(env.recipients))
             msgid = env.header("Message-Id")
             failed = [r for r in env.recipients if r.state == FAILED]
             if failed:
@@ -199,7 +208,7 @@ class Submission:
             if inv.read_recipients:
                 for value in hdr.recipient_texts(headers):
                     texts.extend(addrmod.split_list(value))
-                headers = hdr.strip_bcc(headers)
+            headers = hdr.strip_bcc(headers)
             for text in texts:
                 addrmod.parse(text)       # syntax errors are the caller's to hear now
             env = self._envelope("", now, sender, headers, got)
@@ -233,13 +242,15 @@ class Submission:
             macros={"_": self.caller.login + "@localhost"})
 
     def _from_address(self, sender):
-        if sender:
-            return sender if "@" in sender else "%s@%s" % (sender, self.ident.j)
-        return ""
+        """The From: address Sendmail writes: the envelope sender as given (a local user
+        stays unqualified; the mailer's header rewriting qualifies it per destination)."""
+        return sender
 
     def _full_name(self):
         if self.inv.full_name is not None:
             return addrmod.strip_crlf(self.inv.full_name)
+        if self.inv.sender_given and self.inv.sender.split("@", 1)[0] != self.caller.login:
+            return ""
         return self.caller.gecos
 
     def _auth_warning(self, sender):
@@ -276,7 +287,7 @@ class Submission:
                     continue
                 seen.add(key)
                 r = Recipient(t.address if t.parent else text, t.user, notify=notify,
-                              orcpt=orcpt, mailer=t.mailer, host=host_of(t), user=t.user,
+                              orcpt=orcpt, mailer=t.mailer, host=host_of(t, ctx), user=t.user,
                               parent=t.parent, owner=t.owner)
                 if t.mailer == "error":
                     r.state = FAILED
@@ -312,16 +323,27 @@ class Submission:
         for r in failed:
             r.reported = "failure"      # told now: the queue run owes no DSN for these
 
+    def _dead_letter_path(self):
+        """$HOME/dead.letter when $HOME is the caller's own directory, else the passwd home."""
+        home = os.environ.get("HOME")
+        try:
+            if home and os.path.isabs(home) and os.stat(home).st_uid == self.caller.uid:
+                return os.path.join(home, "dead.letter")
+        except OSError:
+            pass
+        return os.path.join(self.caller.home or "/", "dead.letter")
+
     def _save_dead_letter(self, env, spool, quiet):
         from ..delivery.deadletter import save_dead_letter
-        path = os.path.join(self.caller.home or "/", "dead.letter")
+        path = self._dead_letter_path()
         try:
             headers = env.headers
             if not any(h.lower().startswith(b"received:") for h in headers):
+                single = env.recipients[0].address if len(env.recipients) == 1 else None
                 env.headers = hdr.fix_up(headers, qid=env.qid, hostname=self.ident.j,
                                          now=env.created, user=self.caller.login,
                                          from_address=self._from_address(env.sender),
-                                         full_name=self._full_name())
+                                         full_name=self._full_name(), single_rcpt=single)
             save_dead_letter(env, spool.df(env.qid), path, env.created)
             if not quiet:
                 self.say("%s... Saved message in %s" % (path, path))
@@ -332,7 +354,7 @@ class Submission:
     def _log_queued(self, env, size, msgid):
         log = self.log
         good = [r for r in env.recipients if r.state != FAILED]
-        log.info(env.qid, logfmt.from_line(env, len(good), msgid.decode("utf-8", "replace") if msgid else "",
+        log.info(env.qid, logfmt.from_line(env, len(env.recipients), msgid.decode("utf-8", "replace") if msgid else "",
                                          relay=env.relay, size=size))
         if self.delivery_mode() in ("q", "d"):
             for r in good:

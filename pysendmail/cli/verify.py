@@ -14,15 +14,15 @@ def _out(text):
     os.write(1, (text + "\n").encode("utf-8", "surrogateescape"))
 
 
-def describe(t):
+def describe(t, ctx):
     mailer = MAILER_NAMES.get(t.mailer, t.mailer)
     if t.mailer == "prog":
         return '"|%s"... deliverable: mailer prog, user |%s' % (t.user, t.user)
     if t.mailer == "file":
         return "%s... deliverable: mailer *file*, user %s" % (t.user, t.user)
-    if t.mailer in ("esmtp", "remote"):
+    if t.mailer in ("esmtp", "remote", "relay"):
         return "%s... deliverable: mailer %s, host %s, user %s" % (
-            t.address, mailer, host_of(t), t.user)
+            t.address, mailer, host_of(t, ctx), t.user)
     return "%s... deliverable: mailer %s, user %s" % (t.address, mailer, t.user)
 
 
@@ -36,6 +36,7 @@ def main(inv, layout, options, ident, log):
     ctx = RouteContext(layout, options, ident, no_alias=inv.no_alias)
     status = EX_OK
     good = []
+    seen = set()
     for text in words:
         try:
             targets = resolve(text, ctx)
@@ -49,8 +50,9 @@ def main(inv, layout, options, ident, log):
                 reason = (t.diag or "550 5.1.1 User unknown").split(" ", 2)[-1]
                 _out("%s... %s" % (t.address or text, reason))
                 status = EX_NOUSER
-            else:
+            elif (t.mailer, t.user) not in seen:
+                seen.add((t.mailer, t.user))
                 good.append(t)
     for t in good:
-        _out(describe(t))
+        _out(describe(t, ctx))
     return status

@@ -25,9 +25,10 @@ def _hosts_fqdn(short, hosts_file="/etc/hosts"):
 
 
 class Identity:
-    __slots__ = ("w", "j", "m", "local_names")
+    __slots__ = ("w", "j", "m", "local_names", "smart_host")
 
-    def __init__(self, j):
+    def __init__(self, j, smart_host=""):
+        self.smart_host = smart_host
         self.j = j.rstrip(".")
         self.w = self.j.split(".", 1)[0]
         self.m = self.j.split(".", 1)[1] if "." in self.j else ""
@@ -48,7 +49,7 @@ def detect(cf=None, hosts_file="/etc/hosts"):
     if not j:
         node = os.uname().nodename or "localhost"
         j = node if "." in node else (_hosts_fqdn(node, hosts_file) or node)
-    ident = Identity(j)
+    ident = Identity(j, (cf.macros.get("S") or "").strip() if cf is not None else "")
     if cf is not None:
         for name in cf.class_w:
             ident.local_names.add(name.lower())

@@ -36,7 +36,7 @@ Timeout TrustedUser TryNullMXList UnixFromLine UnsafeGroupWrites UseErrorsTo Use
 UserDatabaseSpec Verbose XscriptFileBufferSize CipherList ServerSSLOptions ClientSSLOptions
 SSLEngine SSLEngineePath TLSFallbacktoClear UseCompressedIPv6Addresses MaxNOOPCommands
 HeaderCheckTimeout QueueFileMode DeliveryMode LogLevel MailboxFormat MaildirPath
-QueueForeground QueueGroup LocalDomains AliasDatabase
+QueueForeground QueueGroup LocalDomains AliasDatabase QueueInterval
 """.split())
 
 

@@ -1,6 +1,7 @@
 """Pickup: moves messages from the maildrop into the queue (Postfix's pickup role).
 
-Runs as root (inside `sendmail -q` or the daemon). Security stance: everything in a
+Runs as root (inside `sendmail -q` or the daemon). Only files marked complete
+(owner-execute bit, see queue.maildrop) are taken. Security stance: everything in a
 drop file was written by an untrusted local user. The file is opened with
 O_NOFOLLOW and checked on the open descriptor (a regular file, one link, size
 bounded); its owner uid is the only identity believed. The submitter's envelope
@@ -27,6 +28,7 @@ from ..queue.maildrop import DropFormatError, Maildrop, read_drop
 from ..queue.spool import Spool, fsync_dir
 
 MAX_DROP = 512 * 1024 * 1024
+STALE_INCOMPLETE = 86400
 
 
 def pickup_all(layout, options, ident, log):
@@ -75,6 +77,12 @@ def pickup_one(layout, options, ident, log, drop, spool, name):
         import stat as _stat
         if not _stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             _set_bad(drop, name, log, "not a regular file with one link")
+            return False
+        if not st.st_mode & _stat.S_IXUSR:
+            # Still being written, or left incomplete by a crashed submitter.
+            if time.time() - st.st_mtime > STALE_INCOMPLETE:
+                log.warning("NOQUEUE", "removing incomplete maildrop file %s" % name)
+                os.unlink(path)
             return False
         try:
             env_in, body_off, body_len = read_drop(fd, MAX_DROP)
@@ -146,7 +154,7 @@ def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_i
                 seen.add(key)
                 env.recipients.append(Recipient(
                     t.address if t.parent else text, t.user, notify=notify,
-                    mailer=t.mailer, host=host_of(t), user=t.user,
+                    mailer=t.mailer, host=host_of(t, ctx), user=t.user,
                     parent=t.parent, owner=t.owner,
                     state=FAILED if t.mailer == "error" else "pending",
                     status=t.status if t.mailer == "error" else "",

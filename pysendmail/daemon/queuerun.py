@@ -186,7 +186,7 @@ class QueueRun:
 
     def _send_dsns(self, env, spool):
         owed = [r for r in env.recipients
-                if r.state == FAILED and "failure" not in r.reported and r.mailer != "esmtp"]
+                if r.state == FAILED and "failure" not in r.reported]
         succ = [r for r in env.recipients
                 if r.state == SENT and "success" not in r.reported and r.wants("SUCCESS")]
         if owed:
@@ -303,7 +303,7 @@ def inject_file(layout, options, ident, log, spool, sender, rcpt_texts, f, notif
                 error = t.mailer == "error"
                 env.recipients.append(Recipient(
                     t.address, t.user, notify=notify or "NEVER", mailer=t.mailer,
-                    host=host_of(t), user=t.user, parent=t.parent, owner=t.owner,
+                    host=host_of(t, ctx), user=t.user, parent=t.parent, owner=t.owner,
                     state=FAILED if error else PENDING, status=t.status if error else "",
                     diag=t.diag if error else "", reported="failure" if error else ""))
         if not env.recipients:

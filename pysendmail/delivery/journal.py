@@ -13,7 +13,9 @@ second copy nor leave half a message. Two mechanisms:
   the length and the sha256 of the exact bytes to append, and the From_ time stamp
   (so the same bytes can be generated again). The replay rules live in mbox.append().
   The entry is deleted with the message (Spool.remove removes jf<QID>.*), or at once
-  when an append failed and was rolled back.
+  when an append failed and was rolled back. Limit: a mailbox that a mail reader
+  rewrote between the crash and the retry no longer shows our bytes at the offset, so
+  it gets a second copy: the rule errs towards a duplicate, never a loss.
 
 Privilege separation: when the MTA runs as root, the mailbox and /file work happens
 in a fork()ed child that has dropped to the recipient (setgroups, setgid, setuid) and

@@ -25,6 +25,9 @@ never run as root (prog.py). A private instance (not root) delivers as itself to
 layout.mail_dir/USER for any USER known to passwd.
 
 Exactly once across kill -9: journal.py (mbox, /file) and maildir.py (unique names).
+
+Options read: MailboxFormat (mbox | maildir), MaildirPath, DefaultUser, Timeout.prog,
+and Timeout.mailboxlock (ours: how long to wait for a locked mailbox, default 60s).
 """
 import grp
 import logging

@@ -74,15 +74,28 @@ def _stale(lock):
     pid, _, host = content.decode("ascii", "replace").strip().partition(" ")
     if host != _HOST or not pid.isdigit() or int(pid) <= 0:
         return None
+    if _alive(int(pid)):
+        return None
+    cur = os.lstat(lock)
+    if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+        return "process %s is gone" % pid
+    return None
+
+
+def _alive(pid):
+    """Is process `pid` running? A zombie (killed, not yet reaped) counts as gone."""
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        cur = os.lstat(lock)
-        if (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
-            return "process %s is gone" % pid
+        return False
     except PermissionError:
         pass
-    return None
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            state = f.read(512).rpartition(b")")[2].split()[:1]
+    except OSError:
+        return True
+    return state not in ([b"Z"], [b"X"])
 
 
 def _dotlock(path, deadline):

@@ -20,7 +20,9 @@ error N". The first line of the program's output (bounded) is added to the reply
 mailbox (mbox.append), in a child running as the owner, so the kernel's permission
 checks apply. Refused: symlinks (O_NOFOLLOW), non-regular files, files with more than
 one link, executable files, and files neither owned by the owner nor world-writable.
-A missing file is created 0600 by the owner.
+A missing file is created 0600 by the owner. "/dev/null" is accepted and discarded,
+as Sendmail does. Unlike a mailbox, a program cannot be made exactly-once: one killed
+mid-run is run again on the next attempt (as with Sendmail).
 """
 import grp
 import os
@@ -128,6 +130,9 @@ def status_for_exit(code, output=b""):
 
 def deliver_prog(command, source, sender, owner, options):
     """Run `command` with the message on stdin. Returns a DeliveryStatus."""
+    command = command[1:] if command.startswith("|") else command
+    if not command.strip():
+        return DeliveryStatus("5.3.5", "empty program")
     uid, gid, name, home = owner_identity(owner, options)
     timeout = parse_duration(options.get("Timeout.prog"), 3600)
     cwd = home if home and os.path.isdir(home) and os.access(home, os.X_OK) else "/"
@@ -225,6 +230,8 @@ def deliver_file(path, source, journal, owner, options, lock_timeout=60.0):
     """Append the message to the file `path` in mbox format, as the owner."""
     if not os.path.isabs(path):
         return DeliveryStatus("5.1.3", "%s: not an absolute path" % path)
+    if path == "/dev/null":  # Sendmail discards these ("nobody: /dev/null" aliases)
+        return DeliveryStatus("2.0.0", "Delivered (discarded to /dev/null)")
     uid, gid, name, _ = owner_identity(owner, options)
 
     def work(jrnl):

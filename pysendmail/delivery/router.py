@@ -11,13 +11,13 @@ from ..errors import AddressError
 
 # Sendmail's names for our mailers, as -bv and logs print them.
 MAILER_NAMES = {"local": "local", "prog": "prog", "file": "*file*", "esmtp": "esmtp",
-                "error": "error", "remote": "esmtp"}
+                "relay": "relay", "error": "error", "remote": "esmtp"}
 
 
 class RouteContext:
     """What the router needs to know: paths, options, local host names, a log callback."""
 
-    __slots__ = ("layout", "options", "ident", "log", "no_alias")
+    __slots__ = ("layout", "options", "ident", "log", "no_alias", "smart_host")
 
     def __init__(self, layout, options, ident, log=None, no_alias=False):
         self.layout = layout
@@ -25,16 +25,29 @@ class RouteContext:
         self.ident = ident
         self.log = log or (lambda msg: None)
         self.no_alias = no_alias
+        self.smart_host = getattr(ident, "smart_host", "")
 
     def is_local(self, domain):
         return self.ident.is_local(domain)
 
 
-def host_of(target):
-    """The destination host of an esmtp target (the domain of its address)."""
+def host_of(target, ctx):
+    """The destination host of a remote target: the smart host for `relay`, else the
+    domain of its address."""
+    if target.mailer == "relay":
+        return ctx.smart_host
     if target.mailer != "esmtp":
         return ""
     return addrmod.Address(target.user, target.user).domain.lower().rstrip(".")
+
+
+def _remote(target, ctx):
+    """A remote target goes to the smart host ($S, the cf's DS line) when there is one."""
+    if ctx.smart_host:
+        target.mailer = "relay"
+    else:
+        target.mailer = "esmtp"
+    return target
 
 
 def resolve(text, ctx):
@@ -46,7 +59,7 @@ def resolve(text, ctx):
     if bare in ("", "<>"):
         raise AddressError(text, "User address required")
     if not ctx.is_local(a.domain):
-        return [Target(address=bare, mailer="esmtp", user=bare)]
+        return [_remote(Target(address=bare, mailer="esmtp", user=bare), ctx)]
     if ctx.no_alias:
         if _local_user(a.local):
             return [Target(address=a.local, mailer="local", user=a.local)]
@@ -55,7 +68,7 @@ def resolve(text, ctx):
     targets = expand(bare, ctx)
     for t in targets:
         if t.mailer == "remote":
-            t.mailer = "esmtp"
+            _remote(t, ctx)
     return targets
 
 

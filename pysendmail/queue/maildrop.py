@@ -1,10 +1,16 @@
 """The maildrop: where callers that do not own the spool leave their messages.
 
 A sticky directory (mode 1733: anyone may create, nobody may list or remove other
-people's files). A drop file is: a fixed-size length field, the control-file text
-(queue.qfile format, recipients as given, no queue id) and then the message body.
-It is written under a dot-name, fsync'd, then renamed to its final name and the
-directory fsync'd, so a drop is either whole or absent.
+people's files). A drop file is: a fixed-size length field, the message body, then
+the control-file text (queue.qfile format, recipients as given, no queue id).
+
+Completion is marked as Postfix marks its queue files: the file is created under its
+final name with mode 0600, written and fsync'd, then given the owner-execute bit
+(0700) and fsync'd again; pickup takes only files with that bit. A submitter cannot
+fsync the directory (it may not read it), and needs not: on a journalling file
+system the fsync of a newly created file commits its directory entry with it, and no
+rename follows that would need another directory commit. Files left incomplete by a
+crashed submitter are removed by pickup after a day.
 
 The pickup step (daemon.pickup), run by root, trusts nothing in a drop but the
 file's owner (fstat on the opened file): it re-checks every address, rebuilds the
@@ -15,6 +21,7 @@ import os
 from . import qfile
 from .spool import fsync_dir
 
+COMPLETE_MODE = 0o700   # owner-execute bit set: the drop file is whole
 HEAD_FIELD = 32          # b"PSMDROP1 %022d\n": the body length
 
 
@@ -30,21 +37,25 @@ class Maildrop:
 
     def create(self):
         name = "%d.%s" % (os.getpid(), os.urandom(6).hex())
-        fd = os.open(os.path.join(self.path, "." + name),
+        fd = os.open(os.path.join(self.path, name),
                      os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         return name, fd
 
     def commit(self, name, fd, env, head_len):
-        """Append the control text, fill in the length field, fsync, publish."""
+        """Append the control text, fill in the length field, fsync, mark complete."""
         body_end = os.lseek(fd, 0, os.SEEK_END)
         control = qfile.dumps(env)
         os.write(fd, control)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, b"PSMDROP1 %022d\n" % (body_end - head_len))
         os.fsync(fd)
+        os.fchmod(fd, COMPLETE_MODE)
+        os.fsync(fd)
         os.close(fd)
-        os.rename(os.path.join(self.path, "." + name), os.path.join(self.path, name))
-        fsync_dir(self.path)
+        try:
+            fsync_dir(self.path)          # when the caller may (root, private instances)
+        except PermissionError:
+            pass
 
     def abandon(self, name, fd):
         try:
@@ -52,7 +63,7 @@ class Maildrop:
         except OSError:
             pass
         try:
-            os.unlink(os.path.join(self.path, "." + name))
+            os.unlink(os.path.join(self.path, name))
         except OSError:
             pass
 

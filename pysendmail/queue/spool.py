@@ -18,13 +18,16 @@ A message is locked by an exclusive flock on its dfID (which is never
 replaced), so two queue runs never deliver the same message. The lock dies
 with its process: `kill -9` frees it.
 
+A message that cannot be queued gives EX_CANTCREAT (73), never EX_TEMPFAIL: PHP's
+mail() takes 75 for "queued, will retry", which would lose the message silently.
+
 Imports only os/fcntl/time: submission goes through here on every message.
 """
 import fcntl
 import os
 import time
 
-from ..errors import QueueError
+from ..errors import EX_CANTCREAT, QueueError
 from . import qfile
 
 QUEUE_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
@@ -93,7 +96,8 @@ class Spool:
             except FileExistsError:
                 pass
             except OSError as e:
-                raise QueueError("cannot create queue directory %s: %s" % (self.path, e.strerror))
+                raise QueueError("cannot create queue directory %s: %s" % (self.path, e.strerror),
+                                 EX_CANTCREAT)
 
     # -- submission ------------------------------------------------------------------------
     def allocate(self, now=None):
@@ -109,10 +113,10 @@ class Spool:
                 seq = (seq + 1) % 3600
                 continue
             except OSError as e:
-                raise QueueError("cannot create %s: %s" % (self.df(qid), e.strerror))
+                raise QueueError("cannot create %s: %s" % (self.df(qid), e.strerror), EX_CANTCREAT)
             fcntl.flock(fd, fcntl.LOCK_EX)
             return qid, fd
-        raise QueueError("no free queue id in %s" % self.path)
+        raise QueueError("no free queue id in %s" % self.path, EX_CANTCREAT)
 
     def commit(self, env, df_fd):
         """Make a message durable: fsync its body, write its control file, fsync the directory.
@@ -121,7 +125,7 @@ class Spool:
             os.fsync(df_fd)
             self._write_control(self.qf(env.qid), env)
         except OSError as e:
-            raise QueueError("cannot queue message: %s" % e.strerror)
+            raise QueueError("cannot queue message: %s" % e.strerror, EX_CANTCREAT)
 
     def discard(self, qid, df_fd=None):
         """Remove a message that was never committed (or is finished)."""
