@@ -55,8 +55,13 @@ class Drop:
         assert p.returncode == 0, (script, p.stderr)
 
     def as_root(self, args, input=b""):
-        return subprocess.run([os.path.join(self.bin, "sendmail")] + list(args), input=input,
-                              capture_output=True, timeout=60, env=self.env)
+        """Run sendmail as root; where a syslog socket exists, /dev/log is hidden in a private
+        mount namespace so the log lines land in <root>/state/log/maillog."""
+        argv = [os.path.join(self.bin, "sendmail")] + list(args)
+        if os.path.exists("/dev/log"):
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount --bind /dev/null /dev/log && exec "$0" "$@"'] + argv
+        return subprocess.run(argv, input=input, capture_output=True, timeout=60, env=self.env)
 
     def drops(self):
         return sorted(os.listdir(self.maildrop))
@@ -79,7 +84,8 @@ class Drop:
         from pysendmail.log import Logger
         layout = layoutmod.for_root(self.path)
         cf = optmod.read_quick(layout.cf)
-        return layout, dict(cf.options), identity.detect(cf), Logger(log_file=layout.log_file)
+        return (layout, dict(cf.options), identity.detect(cf),
+                Logger(log_file=layout.log_file, syslog_socket=None))
 
     def log_text(self):
         path = os.path.join(self.path, "state", "log", "maillog")
@@ -115,7 +121,7 @@ def test_nobody_submission_exits_0_and_waits_in_the_maildrop(drop):
     assert len(names) == 1 and not names[0].startswith(".")
     st = os.lstat(os.path.join(drop.maildrop, names[0]))
     assert st.st_uid == drop.nobody.pw_uid
-    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(st.st_mode) & 0o077 == 0          # nobody else may read it
     assert drop.queued() == []
 
 
@@ -181,7 +187,8 @@ def test_identity_fields_in_the_drop_are_not_believed(drop):
         f.write(bytes(data))
     os.chown(tmp, drop.nobody.pw_uid, drop.nobody.pw_gid)
     os.chmod(tmp, 0o644)
-    drop.nobody_sh("cat %s > %s/spoofdrop" % (tmp, drop.maildrop))
+    drop.nobody_sh("cat %s > %s/spoofdrop && chmod 700 %s/spoofdrop"
+                   % (tmp, drop.maildrop, drop.maildrop))
     drop.as_root(["-q"])
     msgs = drop.mbox()
     assert len(msgs) == 1
@@ -210,9 +217,12 @@ def test_symlink_hardlink_fifo_and_garbage_are_refused(drop, sm_bin, workdir):
     with open(root_copy, "rb") as f:
         root_copy_bytes = f.read()
     md = drop.maildrop
+    # garbage and short are marked complete (mode 0700, the owner-execute bit that the
+    # submission sets last): a finished-looking file that is not a drop file
     drop.nobody_sh("ln -s %s %s/symlink && ln %s %s/hardlink && mkfifo %s/fifo && "
                    "printf 'garbage\\n' > %s/garbage && printf 'PSMDROP1 99999\\n' > %s/short"
-                   % (root_copy, md, good, md, md, md, md))
+                   " && chmod 700 %s/garbage %s/short"
+                   % (root_copy, md, good, md, md, md, md, md, md))
     assert sorted(drop.drops()) == ["fifo", "garbage", "hardlink", "short", "symlink"]
     p = drop.as_root(["-q"])                      # must not hang on the FIFO (timeout 60 s)
     assert p.returncode == 0, p.stderr
@@ -231,7 +241,8 @@ def test_symlink_hardlink_fifo_and_garbage_are_refused(drop, sm_bin, workdir):
 
 
 def test_a_bad_file_does_not_block_good_ones(drop):
-    drop.nobody_sh("printf 'junk' > %s/0-junk" % drop.maildrop)
+    drop.nobody_sh("printf 'junk' > %s/0-junk && chmod 700 %s/0-junk"
+                   % (drop.maildrop, drop.maildrop))
     drop.as_nobody(["-i", "root"], input=MSG)
     drop.as_root(["-q"])
     assert len(drop.mbox()) == 1
@@ -243,15 +254,16 @@ def test_a_bad_file_does_not_block_good_ones(drop):
 def _save(path):
     st = os.lstat(path)
     with open(path, "rb") as f:
-        return f.read(), st.st_uid, st.st_gid
+        return f.read(), st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
 
 
 def _restore(path, saved):
-    data, uid, gid = saved
+    data, uid, gid, mode = saved
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, data)
     os.close(fd)
     os.chown(path, uid, gid)
+    os.chmod(path, mode)
 
 
 def test_marker_with_existing_qf_finishes_the_unlink_without_a_duplicate(drop):
@@ -300,3 +312,12 @@ def test_pickup_runs_for_a_private_instance_queue_run(drop):
     drop.as_root(["-q", "-v"])
     assert drop.drops() == []
     assert len(drop.mbox()) == 2
+
+
+def test_a_drop_still_being_written_is_left_alone(drop):
+    """A drop file without the owner-execute bit is incomplete (its writer may still be
+    at work): pickup neither takes it nor calls it bad."""
+    drop.nobody_sh("printf 'PSMDROP1 partial' > %s/inprogress" % drop.maildrop)
+    drop.as_root(["-q"])
+    assert drop.drops() == ["inprogress"]
+    assert drop.queued() == [] and drop.mbox() == []
