@@ -509,6 +509,10 @@ def test_file_delivery(tmp_path):
         assert not deliver(env2, 0, spool2, lay2, {}).ok
         with open(target, "rb") as f:
             assert f.read() == b"keep"
+        env4, spool4, lay4 = _queue(tmp_path / "d", rcpts=[Recipient("/dev/null", mailer="file",
+                                                                     user="/dev/null")])
+        assert deliver(env4, 0, spool4, lay4, {}).status == "2.0.0"
+        assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
         os.chmod(target, 0o777)
         env3, spool3, lay3 = _queue(tmp_path / "c", rcpts=[Recipient(target, mailer="file",
                                                                      user=target)])
@@ -713,3 +717,72 @@ def test_kill9_at_many_points_exactly_once(fmt, who, open_base, request):
         one = _quoted(one)  # the body ends with a newline; the blank line is the separator
     wanted = sorted(one.replace(msgs[0].sender.encode(), env.sender.encode()) for env in msgs)
     assert got == wanted
+
+
+# -- locking ---------------------------------------------------------------------------------
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+getattr(fcntl, sys.argv[2])(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("how", ["lockf", "flock"])
+def test_waits_for_a_kernel_lock_then_gives_up(tmp_path, how):
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    path = os.path.join(lay.mail_dir, ME)
+    with open(path, "wb"):
+        pass
+    os.chmod(path, 0o600)
+    holder = subprocess.Popen([PY, "-c", HOLD, path, how, "1.5"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        t = time.monotonic()
+        st = deliver(env, 0, spool, lay, {"Timeout.mailboxlock": "10s"})
+        assert st.status == "2.0.0" and time.monotonic() - t > 1.0
+    finally:
+        holder.communicate(timeout=30)
+    holder = subprocess.Popen([PY, "-c", HOLD, path, how, "2.5"], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"locked\n"
+        env2, _, _ = _queue(tmp_path, body=b"two\n")
+        st = deliver(env2, 0, spool, lay, {"Timeout.mailboxlock": "1s"})
+        assert st.status == "4.2.0" and "locked" in st.reply
+    finally:
+        holder.communicate(timeout=30)
+    assert not os.path.exists(_jf(spool, env2))
+    box = mailbox.mbox(path, create=False)
+    assert len(box) == 1
+    box.close()
+
+
+def test_dotlock_live_holder_waits_dead_holder_removed(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    os.makedirs(lay.mail_dir)
+    lock = os.path.join(lay.mail_dir, ME + ".lock")
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        with open(lock, "w") as f:
+            f.write("%d %s\n" % (sleeper.pid, os.uname().nodename))
+        st = deliver(env, 0, spool, lay, {"Timeout.mailboxlock": "1s"})
+        assert st.status == "4.2.0" and "dotlock" in st.reply
+        assert os.path.exists(lock)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    st = deliver(env, 0, spool, lay, {"Timeout.mailboxlock": "5s"})  # its holder is gone
+    assert st.status == "2.0.0"
+    assert not os.path.exists(lock)
+    # an old dotlock of unknown origin is stale after 5 minutes
+    with open(lock, "w") as f:
+        f.write("")
+    os.utime(lock, (time.time() - 400, time.time() - 400))
+    env2, _, _ = _queue(tmp_path, body=b"two\n")
+    assert deliver(env2, 0, spool, lay, {"Timeout.mailboxlock": "5s"}).ok
+    box = mailbox.mbox(os.path.join(lay.mail_dir, ME), create=False)
+    assert len(box) == 2
+    box.close()
