@@ -357,3 +357,57 @@ def test_fifty_megabytes_through_a_pipe_in_bounded_memory(sm_root, tmp_path):
             h.update(b)
     assert os.path.getsize(os.path.join(q, dfs[0])) == body_len
     assert h.hexdigest() == sha.hexdigest()
+
+
+# ---- the installed command, fed in chunks -------------------------------------------------------
+
+def _submit_chunked(inst, args, data, chunk):
+    rfd, wfd = os.pipe()
+    proc = subprocess.Popen([inst.command()] + args, stdin=rfd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=inst.env)
+    os.close(rfd)
+    stop = threading.Event()
+    t = threading.Thread(target=_feeder, args=(wfd, data, chunk, stop), daemon=True)
+    t.start()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop.set()
+        t.join(15)
+    assert proc.returncode == 0, (out, err)
+    q = os.path.join(inst.path, "spool", "queue")
+    dfs = sorted(n for n in os.listdir(q) if n.startswith("df"))
+    assert len(dfs) == 1
+    with open(os.path.join(q, dfs[0]), "rb") as f:
+        body = f.read()
+    for n in dfs:
+        os.unlink(os.path.join(q, n))
+        os.unlink(os.path.join(q, "qf" + n[2:]))
+    return body
+
+
+@pytest.mark.parametrize("chunk", (1, 7))
+def test_installed_sendmail_dot_handling_in_chunks(sm_root, chunk):
+    data = b"Subject: dots\r\n\r\nfirst\r\n.x\r\n.\r\nafter the dot\r\n"
+    body = _submit_chunked(sm_root, ["-odq", "root"], data, chunk)
+    assert body == b"first\n.x\n"
+    body = _submit_chunked(sm_root, ["-odq", "-oi", "root"], data, chunk)
+    assert body == b"first\n.x\n.\nafter the dot\n"
+    body = _submit_chunked(sm_root, ["-odq", "-i", "root"], b"Subject: x\n\nno final newline", chunk)
+    assert body == b"no final newline\n"
+
+
+def test_installed_header_overflow_keeps_everything(sm_root):
+    fields = [b"X-F%02d: " % i + b"v" * 50 for i in range(20)]
+    data = b"\n".join(fields) + b"\n\nthe body\n"
+    sm_root.run(["-odq", "-O", "MaxHeadersLength=300", "root"], input=data, check=True)
+    q = os.path.join(sm_root.path, "spool", "queue")
+    (df,) = [n for n in os.listdir(q) if n.startswith("df")]
+    with open(os.path.join(q, df), "rb") as f:
+        body = f.read()
+    with open(os.path.join(q, "qf" + df[2:]), "rb") as f:
+        qf = f.read()
+    kept = [fl for fl in fields if b"H " + fl + b"\n" in qf]
+    assert 0 < len(kept) < 20
+    assert kept == fields[:len(kept)]
+    assert body == b"\n".join(fields[len(kept):]) + b"\n\nthe body\n"
