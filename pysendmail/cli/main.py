@@ -84,7 +84,7 @@ def _run(inv):
         return mailq.main(inv, layout)
     if mode == "i":
         from . import newaliases
-        return newaliases.main([], layout, options)
+        return newaliases.main([], layout, options, log=log)
     if mode == "v":
         from .verify import main as verify
         return verify(inv, layout, options, ident, log)

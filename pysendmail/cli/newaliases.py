@@ -17,7 +17,7 @@ atomic rename, so the caller needs write access to that directory.
 import sys
 
 
-def main(argv, layout, options=None, stdout=None, stderr=None):
+def main(argv, layout, options=None, stdout=None, stderr=None, log=None):
     """Rebuild the aliases database; returns the exit status. `argv` is ignored
     (Sendmail ignores newaliases' arguments too); the path comes from
     options["AliasFile"] if set (each file of its comma-separated list is rebuilt, one
@@ -29,11 +29,20 @@ def main(argv, layout, options=None, stdout=None, stderr=None):
     err = stderr if stderr is not None else sys.stderr
     status = errors.EX_OK
     for path in aliases.aliases_paths(layout, options or {}):
-        status = max(status, _one(path, out, err, errors, aliases))
+        status = max(status, _one(path, out, err, errors, aliases, log))
     return status
 
 
-def _one(path, out, err, errors, aliases):
+def _login():
+    import os
+    import pwd
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return "uid%d" % os.getuid()
+
+
+def _one(path, out, err, errors, aliases, log=None):
     try:
         with open(path, "rb"):
             pass
@@ -54,13 +63,20 @@ def _one(path, out, err, errors, aliases):
         err.flush()
         return errors.EX_CANTCREAT
     status = errors.EX_OK
+    user = _login()
+    if log is not None:
+        log.notice("", "alias database %s rebuilt by %s" % (path, user))
     for warning in summary.warnings:
         out.write(warning + "\n")
     out.flush()
     for line in summary.errors:
         err.write(line + "\n")
+        if log is not None:
+            log.syserr(None, user, line)
         status = errors.EX_SOFTWARE
     err.flush()
     out.write(summary.line() + "\n")
     out.flush()
+    if log is not None:
+        log.info("", summary.line())
     return status

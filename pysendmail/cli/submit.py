@@ -57,6 +57,16 @@ def priority(size, nrcpts):
     return size + 30000 * nrcpts
 
 
+def _insert_by_host(recipients, new):
+    """Insert before the first recipient whose host sorts after the new one's."""
+    key = new.host.lower()
+    for i, r in enumerate(recipients):
+        if r.state != FAILED and r.host.lower() > key:
+            recipients.insert(i, new)
+            return
+    recipients.append(new)
+
+
 def _argv_recipients(inv):
     out = []
     for word in inv.recipients:
@@ -146,15 +156,18 @@ class Submission:
                 self.log.warning(qid, "headers too large (%d max) from %s during message collect; "
                                  "the rest is kept as body" % (max_headers, self.caller.login))
             texts = list(words)
+            header_lists = []
             if inv.read_recipients:
                 for value in hdr.recipient_texts(headers):
-                    texts.extend(addrmod.split_list(value))
+                    items = addrmod.split_list(value)
+                    header_lists.append(items)
+                    texts.extend(items)
             headers = hdr.strip_bcc(headers)      # never shown to recipients, -t or not
             submitted = sum(len(h) + 1 for h in got.headers) + got.body_size
             if got.headers and got.body_size:
                 submitted += 1                      # the blank line between them
             env = self._envelope(qid, now, sender, headers, got)
-            self._add_recipients(env, texts)
+            self._add_recipients(env, words, header_lists)
             if not texts and inv.read_recipients:
                 self.say("No recipient addresses found in header")
             good = [r for r in env.recipients if r.state != FAILED]
@@ -263,13 +276,20 @@ class Submission:
             return None
         return "%s set sender to %s using -f" % (self.caller.login, sender or "<>")
 
-    def _add_recipients(self, env, texts):
-        """Resolve each recipient in order; failures are told at once, as Sendmail does."""
+    def _add_recipients(self, env, words, header_lists=()):
+        """Resolve each recipient; failures are told at once, as Sendmail does.
+
+        The order is Sendmail 8.17's: argv addresses in order; the addresses of each
+        -t header field in reverse (sendtolist), each inserted after the last queued
+        recipient with the same host (recipient() sorting by host when queueing)."""
         from ..delivery.router import RouteContext, host_of, resolve
         ctx = RouteContext(self.layout, self.options, self.ident,
                            lambda msg: self.log.info(env.qid, msg), self.inv.no_alias)
         seen = set()
-        for text in texts:
+        work = [(text, False) for text in words]
+        for items in header_lists:
+            work.extend((text, True) for text in reversed(items))
+        for text, from_header in work:
             params = self.rcpt_params.get(text, {})
             notify = params.get("NOTIFY", self.inv.notify)
             orcpt = params.get("ORCPT", "")
@@ -282,7 +302,7 @@ class Submission:
                                             diag="550 5.1.1 User unknown", mailer="local"))
                 continue
             for t in targets:
-                key = (t.mailer, t.user.lower() if t.mailer in ("local", "esmtp") else t.user)
+                key = (t.mailer, t.user.lower() if t.mailer in ("local", "esmtp", "relay") else t.user)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -295,6 +315,8 @@ class Submission:
                     r.diag = t.diag or "550 5.1.1 User unknown"
                     r.address = t.address or text
                     self._failed(env, r)
+                elif from_header:
+                    _insert_by_host(env.recipients, r)
                 else:
                     env.recipients.append(r)
 

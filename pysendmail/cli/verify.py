@@ -14,6 +14,13 @@ def _out(text):
     os.write(1, (text + "\n").encode("utf-8", "surrogateescape"))
 
 
+def _qid():
+    """A queue id for the log lines of this run, as Sendmail assigns one to -bv."""
+    import time
+    from ..queue.spool import make_qid
+    return make_qid(time.time(), os.getpid(), int.from_bytes(os.urandom(2), "big") % 3600)
+
+
 def describe(t, ctx):
     mailer = MAILER_NAMES.get(t.mailer, t.mailer)
     if t.mailer == "prog":
@@ -34,21 +41,27 @@ def main(inv, layout, options, ident, log):
         _out("Recipient names must be specified")
         return EX_USAGE
     ctx = RouteContext(layout, options, ident, no_alias=inv.no_alias)
+    qid = _qid()
     status = EX_OK
+
+    def tell(text):
+        _out(text)
+        log.notice(qid, text)
+
     good = []
     seen = set()
     for text in words:
         try:
             targets = resolve(text, ctx)
         except AddressError as e:
-            _out(e.message)
-            _out("%s... User unknown" % text)
+            tell(e.message)
+            tell("%s... User unknown" % text)
             status = EX_NOUSER
             continue
         for t in targets:
             if t.mailer == "error":
                 reason = (t.diag or "550 5.1.1 User unknown").split(" ", 2)[-1]
-                _out("%s... %s" % (t.address or text, reason))
+                tell("%s... %s" % (t.address or text, reason))
                 status = EX_NOUSER
             elif (t.mailer, t.user) not in seen:
                 seen.add((t.mailer, t.user))

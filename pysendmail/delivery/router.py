@@ -41,10 +41,14 @@ def host_of(target, ctx):
     return addrmod.Address(target.user, target.user).domain.lower().rstrip(".")
 
 
+def _is_literal(address):
+    return addrmod.Address(address, address).domain.startswith("[")
+
+
 def _remote(target, ctx):
     """A remote target goes to the smart host ($S, the cf's DS line) when there is one."""
-    if ctx.smart_host:
-        target.mailer = "relay"
+    if ctx.smart_host and not _is_literal(target.user):
+        target.mailer = "relay"        # a domain literal ([192.0.2.10]) goes there directly
     else:
         target.mailer = "esmtp"
     return target
