@@ -57,11 +57,20 @@ class Daemon:
             pytest.fail("daemon did not start: status %r\n%r\n%r" % (self.proc.returncode, out, err))
 
     def poke(self):
+        """One datagram to the pickup socket (through /proc/self/fd when its path is too
+        long for sockaddr_un)."""
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        dfd = None
         try:
-            s.sendto(b"W", self.socket)
+            target = self.socket
+            if len(target) > 100:
+                dfd = os.open(os.path.dirname(target), os.O_PATH)
+                target = "/proc/self/fd/%d/%s" % (dfd, os.path.basename(target))
+            s.sendto(b"W", target)
         finally:
             s.close()
+            if dfd is not None:
+                os.close(dfd)
 
     def log_text(self):
         if not os.path.exists(self.log):
@@ -81,6 +90,17 @@ class Daemon:
         self.proc.stdout.close()
         self.proc.stderr.close()
         return out, err
+
+
+@pytest.fixture
+def short_dir():
+    """A 0755 directory with a short path under /tmp (reachable by nobody; the pickup
+    socket path must fit in sockaddr_un's 108 bytes, see test_daemon_under_a_long_root)."""
+    import tempfile
+    path = tempfile.mkdtemp(prefix="psm", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -178,3 +198,54 @@ def test_sighup_with_a_good_cf_reloads(daemon_factory, sm_root, tmp_path):
     d.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: "restarting" in d.log_text()[len(before):], 7), d.log_text()
     assert d.proc.poll() is None
+
+
+@pytest.mark.root
+def test_maildrop_submission_wakes_the_daemon(sm_bin, short_dir, require_program):
+    """A non-root submission into the maildrop pokes the socket itself: the daemon (root)
+    picks it up and delivers it within 3 s, long before its -q1m interval."""
+    if not IS_ROOT:
+        pytest.skip("needs root")
+    require_program("setpriv")
+    from conftest import Instance
+    base = os.path.join(short_dir, "inst")
+    inst = Instance(sm_bin, base)
+    for d in ("spool/maildrop", "spool/queue"):
+        os.makedirs(os.path.join(base, d))
+    os.chmod(base, 0o755)
+    os.chmod(os.path.join(base, "spool"), 0o755)
+    os.chmod(os.path.join(base, "spool", "maildrop"), 0o1733)
+    os.chmod(os.path.join(base, "spool", "queue"), 0o700)
+    d = Daemon(inst)
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            "env", "PYSENDMAIL_ROOT=" + base, inst.command(), "-i", "root"],
+                           input=MSG, capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert wait_for(lambda: len(inst.messages("root")) == 1, 3), "not delivered within 3 s"
+        assert time.monotonic() - t0 < 4
+        msg = inst.messages("root")[0]
+        assert msg["Subject"] == "daemon test"
+        assert msg.get_from().split()[0] == "nobody"
+        assert os.listdir(os.path.join(base, "spool", "maildrop")) == []
+    finally:
+        d.stop()
+
+
+def test_daemon_under_a_long_root(sm_bin, tmp_path):
+    """An instance whose path is long (pytest's tmp dirs, deep home directories) must still
+    get its daemon: the pickup socket path may exceed sockaddr_un's 108 bytes."""
+    from conftest import Instance
+    base = tmp_path / ("x" * 60) / ("y" * 60)
+    base.mkdir(parents=True)
+    inst = Instance(sm_bin, base)
+    assert len(os.path.join(inst.path, "spool", "public", "pickup")) > 108
+    d = Daemon(inst)
+    try:
+        inst.run(["-odq", "root"], input=MSG, check=True)
+        d.poke()
+        assert wait_for(lambda: len(inst.messages("root")) == 1, 3)
+    finally:
+        d.stop()
