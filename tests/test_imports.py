@@ -260,3 +260,34 @@ def test_importtime_probe_sees_slow_modules(sm_bin, sm_root):
     p, names = _importtime(python, ["-c", "import json"], sm_root.env, b"")
     assert p.returncode == 0
     assert "json" in names
+
+
+@pytest.mark.root
+def test_maildrop_submission_path_imports(sm_bin, require_program):
+    """The path of a non-root caller (cron jobs of users, PHP as www-data): the maildrop."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (to act as nobody)")
+    require_program("setpriv")
+    import shutil
+    import tempfile
+    base = tempfile.mkdtemp(prefix="psm", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        for d, mode in (("spool", 0o755), ("spool/maildrop", 0o1733), ("spool/queue", 0o700)):
+            os.mkdir(os.path.join(base, d))
+            os.chmod(os.path.join(base, d), mode)
+        python = os.path.join(sm_bin, "python")
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "env",
+                "PYSENDMAIL_ROOT=" + base, python, "-X", "importtime",
+                os.path.join(sm_bin, "sendmail"), "-t", "-i"]
+        p = subprocess.run(argv, input=b"To: root\nSubject: x\n\nbody\n", capture_output=True,
+                           timeout=60)
+        names = {line.rsplit("|", 1)[1].strip() for line in
+                 p.stderr.decode("utf-8", "replace").splitlines()
+                 if line.startswith("import time:") and line.count("|") == 2}
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "pysendmail.queue.maildrop" in names
+        bad = sorted(n for n in names if n.split(".")[0] in SLOW_MODULES)
+        assert not bad, "the maildrop submission path imports %s" % bad
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
