@@ -273,3 +273,21 @@ def test_installed_delivery_modes_deliver(sm_root, mode):
     while time.monotonic() < deadline and _queued(sm_root):
         time.sleep(0.05)
     assert _queued(sm_root) == []
+
+
+@pytest.mark.parametrize("arg", ["-q", "-qIabc", "-qR", "-qS", "-q!Rx", "-qf", "-qQ"])
+def test_installed_queue_run_forms_exit_0(sm_root, arg):
+    p = sm_root.run([arg])
+    assert p.returncode == 0, (arg, p.stdout, p.stderr)
+
+
+def test_installed_queue_run_filters(sm_root):
+    sm_root.run(["-odq", "-f", "alice@example.com", "root"], input=MSG, check=True)
+    (qf,) = _queued(sm_root)
+    for arg in ("-qRnobody", "-q!Rroot", "-qSbob", "-qI" + "zz" + qf[2:]):
+        sm_root.run([arg], check=True)
+        assert _queued(sm_root) == [qf], arg
+    assert sm_root.messages("root") == []
+    sm_root.run(["-qI" + qf[4:10], "-qSalice", "-qRroot"], check=True)
+    assert _queued(sm_root) == []
+    assert len(sm_root.messages("root")) == 1
