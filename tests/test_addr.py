@@ -184,3 +184,18 @@ def test_parse_list_gives_route_addresses_and_stops_at_the_first_bad_one():
     # The unclosed '<' swallows the rest of the list (Sendmail's prescan does the same).
     assert info.value.reason == "Unbalanced '<'"
     assert info.value.address.startswith("bad<addr")
+
+
+# ---- through the installed command --------------------------------------------------------
+
+def test_installed_escaped_quote_in_display_name_reaches_the_recipient(sm_root):
+    msg = b'To: "a\\"b" <root>\nSubject: escaped quote\n\nbody\n'
+    p = sm_root.run(["-odq", "-t"], input=msg)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "\troot" in sm_root.mailq() or " root" in sm_root.mailq()
+
+
+def test_installed_escaped_angle_bracket_is_no_traceback(sm_root):
+    p = sm_root.run(["-odq", "a\\<b@example.com"], input=b"Subject: x\n\nbody\n")
+    assert b"Traceback" not in p.stderr, p.stderr[-500:]
+    assert p.returncode in (0, 64, 65, 67), p.returncode
