@@ -192,7 +192,14 @@ def test_installed_escaped_quote_in_display_name_reaches_the_recipient(sm_root):
     msg = b'To: "a\\"b" <root>\nSubject: escaped quote\n\nbody\n'
     p = sm_root.run(["-odq", "-t"], input=msg)
     assert p.returncode == 0, (p.stdout, p.stderr)
-    assert "\troot" in sm_root.mailq() or " root" in sm_root.mailq()
+    import os
+    from pysendmail.queue import qfile
+    q = os.path.join(sm_root.path, "spool", "queue")
+    qfs = [n for n in os.listdir(q) if n.startswith("qf")]
+    assert len(qfs) == 1
+    with open(os.path.join(q, qfs[0]), "rb") as f:
+        env = qfile.loads(f.read())
+    assert [(r.mailer, r.user) for r in env.recipients] == [("local", "root")]
 
 
 def test_installed_escaped_angle_bracket_is_no_traceback(sm_root):
