@@ -190,7 +190,7 @@ def test_parse_list_gives_route_addresses_and_stops_at_the_first_bad_one():
 
 def test_installed_escaped_quote_in_display_name_reaches_the_recipient(sm_root):
     msg = b'To: "a\\"b" <root>\nSubject: escaped quote\n\nbody\n'
-    p = sm_root.run(["-odq", "-t"], input=msg)
+    p = sm_root.run(["-odq", "-oeq", "-t"], input=msg)      # -oeq: no ~/dead.letter
     assert p.returncode == 0, (p.stdout, p.stderr)
     import os
     from pysendmail.queue import qfile
@@ -203,6 +203,6 @@ def test_installed_escaped_quote_in_display_name_reaches_the_recipient(sm_root):
 
 
 def test_installed_escaped_angle_bracket_is_no_traceback(sm_root):
-    p = sm_root.run(["-odq", "a\\<b@example.com"], input=b"Subject: x\n\nbody\n")
+    p = sm_root.run(["-odq", "-oeq", "a\\<b@example.com"], input=b"Subject: x\n\nbody\n")
     assert b"Traceback" not in p.stderr, p.stderr[-500:]
     assert p.returncode in (0, 64, 65, 67), p.returncode
