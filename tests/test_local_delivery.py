@@ -786,3 +786,74 @@ def test_dotlock_live_holder_waits_dead_holder_removed(tmp_path):
     box = mailbox.mbox(os.path.join(lay.mail_dir, ME), create=False)
     assert len(box) == 2
     box.close()
+
+
+# -- a real reader: Dovecot's imap in PREAUTH mode over stdin ---------------------------------
+
+DOVECOT_CONF = """base_dir = {d}/base
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+instance_name = pysm-ld
+ssl = no
+mail_location = {loc}
+mail_privileged_group = mail
+first_valid_uid = 100
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+"""
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("fmt", ["maildir", "mbox"])
+def test_dovecot_reads_what_we_deliver(tmp_path, fmt, other_user, open_base):
+    from conftest import IN_CI, require_program
+    require_program("dovecot")
+    imap = "/usr/lib/dovecot/imap"
+    if not os.path.exists(imap):
+        (pytest.fail if IN_CI else pytest.skip)("%s is missing" % imap)
+    user, mail_gid = other_user.pw_name, grp.getgrnam("mail").gr_gid
+    lay = layout_mod.for_root(str(tmp_path))
+    lay.mail_dir = os.path.join(open_base, "mail")
+    os.mkdir(lay.mail_dir)
+    os.chown(lay.mail_dir, 0, mail_gid)
+    os.chmod(lay.mail_dir, 0o2775)
+    opts = {"MailboxFormat": fmt, "MaildirPath": "%m/md/%u/Maildir"}
+    rc = [Recipient(user, mailer="local", user=user)]
+    env, spool, _ = _queue(tmp_path, rcpts=rc)
+    env2, _, _ = _queue(tmp_path, rcpts=rc, body=b"second \xc3\xa9\nFrom x\n")
+    for e in (env, env2, env):
+        assert deliver(e, 0, spool, lay, opts).ok
+    d = os.path.join(open_base, "dovecot")
+    os.mkdir(d)
+    if fmt == "maildir":
+        loc = "maildir:%s/md/%%u/Maildir" % lay.mail_dir
+    else:
+        root = os.path.join(open_base, "mroot")
+        os.mkdir(root)
+        os.chown(root, other_user.pw_uid, other_user.pw_gid)
+        loc = "mbox:%s:INBOX=%s/%%u" % (root, lay.mail_dir)
+    with open(os.path.join(d, "dovecot.conf"), "w") as f:
+        f.write(DOVECOT_CONF.format(d=d, loc=loc))
+    with open(os.path.join(d, "users"), "w") as f:
+        f.write("%s::%d:%d::%s::\n" % (user, other_user.pw_uid, other_user.pw_gid, open_base))
+    cmds = b"a SELECT INBOX\r\nb FETCH 1:* (RFC822.SIZE BODY.PEEK[])\r\nc LOGOUT\r\n"
+    r = subprocess.run([imap, "-c", os.path.join(d, "dovecot.conf")], input=cmds,
+                       capture_output=True, timeout=60, user=other_user.pw_uid,
+                       group=other_user.pw_gid, extra_groups=[mail_gid], cwd="/",
+                       env={"USER": user, "HOME": open_base, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r
+    assert b"Error" not in r.stderr, r.stderr
+    out = r.stdout
+    assert b"* 2 EXISTS\r\n" in out and b"b OK Fetch completed" in out, out
+    for e, body in ((env, BODY), (env2, b"second \xc3\xa9\nFrom x\n")):
+        msg = _message(e, body)
+        if fmt == "mbox":
+            msg = _quoted(msg if msg.endswith(b"\n") else msg + b"\n")
+        crlf = msg.replace(b"\n", b"\r\n")
+        assert b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(crlf), len(crlf)) + crlf in out, (crlf, out)

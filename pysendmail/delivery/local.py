@@ -200,6 +200,7 @@ def _create_mailbox(path, uid, gid):
         os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+    mbox.fsync_dir(os.path.dirname(path))
 
 
 def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):

@@ -4,8 +4,8 @@ Steps: create the Maildir (new, cur, tmp; mode 0700) if missing; write tmp/NAME 
 O_EXCL; fsync; link it into new/NAME,S=<size>; unlink the tmp name; fsync new/.
 
 Names: "<sec>.M<usec>P<pid>Q<qid>R<index>.<host>,S=<size>". S= is the exact on-disk
-size (Dovecot closes the session when it is wrong). "/" and ":" in the host name are
-written as \\057 and \\072, as the Maildir convention asks.
+size (Dovecot closes the session when it is wrong). "/", ":" and "," in the host
+name are written as \\057, \\072 and \\054, as the Maildir convention and Dovecot ask.
 
 Exactly once: the part "Q<qid>R<index>." is the same on every attempt for a given
 message and recipient. Before writing, a file in new/ or cur/ whose name holds it
@@ -26,7 +26,7 @@ CHUNK = 65536
 
 def _host():
     host = socket.gethostname() or "localhost"
-    return host.replace("/", "\\057").replace(":", "\\072")
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
 
 
 def ensure(maildir, mode=0o700):

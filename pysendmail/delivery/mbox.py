@@ -48,6 +48,14 @@ class MailboxError(Exception):
         self.status = DeliveryStatus(status, reply)
 
 
+def fsync_dir(path):
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _status_for_oserror(e, what):
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return DeliveryStatus("4.2.2", "%s: mailbox full: %s" % (what, e.strerror))
@@ -224,6 +232,8 @@ def _open(path, create_mode, check):
             fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, create_mode)
         except FileExistsError:
             fd = os.open(path, flags)
+        else:
+            fsync_dir(os.path.dirname(path))  # the new name survives a power cut too
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise MailboxError("5.2.0", "%s: is a symbolic link, not delivering" % path)
