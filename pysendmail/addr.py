@@ -132,10 +132,15 @@ def _strip_comments(text):
 
 def _route_addr(text):
     """The bare address of one list element (comments removed, angle brackets resolved)."""
-    lt = -1
+    lt = gt = -1
     quoted = False
     depth = 0
-    for i, c in enumerate(text):
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            i += 2
+            continue
         if c == '"' and depth == 0:
             quoted = not quoted
         elif not quoted:
@@ -143,10 +148,12 @@ def _route_addr(text):
                 depth += 1
             elif c == ")" and depth:
                 depth -= 1
-            elif c == "<" and depth == 0:
-                lt = i
-    if lt >= 0:
-        gt = text.index(">", lt)
+            elif depth == 0 and c == "<":
+                lt, gt = i, -1
+            elif depth == 0 and c == ">" and lt >= 0 and gt < 0:
+                gt = i
+        i += 1
+    if lt >= 0 and gt > lt:
         inner = text[lt + 1:gt].strip()
         if inner.startswith("@") and ":" in inner:   # source route: @a,@b:user@c
             inner = inner[inner.index(":") + 1:]

@@ -41,6 +41,7 @@ class Service:
 
     def _bind(self):
         import _socket
+        from ..queue.maildrop import short_socket_path
         path = self.layout.pickup_socket
         os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
         try:
@@ -48,10 +49,14 @@ class Service:
         except FileNotFoundError:
             pass
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
-        s.bind(path)
+        with short_socket_path(path) as usable:
+            s.bind(usable)
         os.chmod(path, 0o666)
         s.setblocking(False)
         self.sock = s
+        # Signals wake the select() at once (PEP 475 would otherwise resume it).
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self.wake_w)
 
     def _write_pid(self):
         os.makedirs(self.layout.run_dir, 0o755, exist_ok=True)
@@ -102,9 +107,19 @@ class Service:
                     woke = True
                 else:
                     try:
-                        ready, _, _ = select.select([self.sock], [], [], min(next_run - now, 5))
+                        ready, _, _ = select.select([self.sock, self.wake_r], [], [],
+                                                    min(next_run - now, 5))
                     except InterruptedError:
                         continue
+                    if self.wake_r in ready:
+                        try:
+                            while os.read(self.wake_r, 64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                        ready = [r for r in ready if r is not self.wake_r]
+                        if self.stop or self.reload:
+                            continue
                     if ready:
                         try:
                             while self.sock.recv(64):

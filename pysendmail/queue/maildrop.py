@@ -77,7 +77,8 @@ class Maildrop:
             s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
             try:
                 s.setblocking(False)
-                s.sendto(b"W", socket_path)
+                with short_socket_path(socket_path) as usable:
+                    s.sendto(b"W", usable)
             finally:
                 s.close()
         except OSError:
@@ -88,6 +89,26 @@ class Maildrop:
             return sorted(n for n in os.listdir(self.path) if not n.startswith("."))
         except FileNotFoundError:
             return []
+
+
+class short_socket_path:
+    """A name for an AF_UNIX socket path that fits the kernel's 108-byte limit: the path
+    itself, or /proc/self/fd/N/NAME through an open descriptor of its directory."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        if len(os.fsencode(self.path)) < 100:
+            return self.path
+        directory, name = os.path.split(self.path)
+        self.fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+        return "/proc/self/fd/%d/%s" % (self.fd, name)
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)
 
 
 class DropFormatError(ValueError):

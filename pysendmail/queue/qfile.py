@@ -93,9 +93,20 @@ def dumps(env):
                 fields.append("%s=%s" % (key, xtext(value)))
         out.append(("R " + " ".join(fields)).encode("ascii"))
     for h in env.headers:
-        out.append(b"H " + h)
+        out.append(b"H " + _folded(h))
     out.append(b".")
     return b"\n".join(out) + b"\n"
+
+
+def _folded(header):
+    """A header as it may stand in the file: every line after the first must start with
+    a blank, so no producer's bare newline can start a field of its own. Refused
+    otherwise (cleanup and the milter editor fold what they produce)."""
+    if b"\n" in header:
+        for line in header.split(b"\n")[1:]:
+            if line[:1] not in (b" ", b"\t"):
+                raise FormatError("header with an unfolded line: %r" % header[:60])
+    return header
 
 
 class FormatError(ValueError):
