@@ -82,6 +82,35 @@ def meta(ctx):
     }
 
 
+def header(stamp, m):
+    return [f"# pysendmail bench {stamp}", "",
+            f"Machine: {m['host']}, {m['cpus']} CPUs, kernel {m['kernel']}; load average at start "
+            f"{' '.join('%.2f' % x for x in m['loadavg'])}. Python {m['python_version']} ({m['venv_python']}); "
+            f"pysendmail git {m['git_head']}{' (dirty tree)' if m['git_dirty'] else ''}, installed in "
+            f"bench/.work/venv; shim line `{m['sendmail_shebang']}`.", ""]
+
+
+def footer(m, where):
+    return (f"Load average at the end: {' '.join('%.2f' % x for x in m.get('loadavg_end', []))}. "
+            f"Raw data: `{where}/`.\n")
+
+
+def rerender(out):
+    """Write report.md again from a results directory's JSON files (after a report change)."""
+    m = json.load(open(os.path.join(out, "meta.json")))
+    parts = header(os.path.basename(os.path.normpath(out)), m)
+    for name, mod in PHASES.items():
+        p = os.path.join(out, f"{name}.json")
+        if os.path.exists(p):
+            parts.append(mod.report(json.load(open(p))))
+    parts.append(footer(m, os.path.normpath(out)))
+    text = "\n".join(parts)
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
 def wait_quiet(ctx, load, seconds):
     """Bounded wait for a quieter machine (other jobs share the 2 cores)."""
     if seconds <= 0 or os.getloadavg()[0] < load:
@@ -106,7 +135,10 @@ def main(argv=None):
                     help="before each phase, wait until the 1-minute load average is below this ...")
     ap.add_argument("--quiet-wait", type=float, default=float(os.environ.get("BENCH_QUIET_WAIT", 90)),
                     help="... for at most this many seconds (0: do not wait)")
+    ap.add_argument("--report", metavar="RESULTS_DIR", help="only re-render RESULTS_DIR/report.md from its JSON")
     args = ap.parse_args(argv)
+    if args.report:
+        return rerender(args.report)
     bad = [p for p in args.phases if p not in PHASES]
     if bad:
         ap.error(f"unknown phase(s) {bad}; known: {' '.join(PHASES)}")
@@ -120,11 +152,7 @@ def main(argv=None):
     m = meta(ctx)
     ctx.log(f"bench {stamp}: phases {' '.join(args.phases)}; pysendmail {m['pysendmail']} "
             f"(git {m['git_head']}{' dirty' if m['git_dirty'] else ''}); load {m['loadavg']}")
-    parts = [f"# pysendmail bench {stamp}", "",
-             f"Machine: {m['host']}, {m['cpus']} CPUs, kernel {m['kernel']}; load average at start "
-             f"{' '.join('%.2f' % x for x in m['loadavg'])}. Python {m['python_version']} ({m['venv_python']}); "
-             f"pysendmail git {m['git_head']}{' (dirty tree)' if m['git_dirty'] else ''}, installed in "
-             f"bench/.work/venv; shim line `{m['sendmail_shebang']}`.", ""]
+    parts = header(stamp, m)
     status = 0
     for name in args.phases:
         mod = PHASES[name]
@@ -145,8 +173,7 @@ def main(argv=None):
     m["loadavg_end"] = os.getloadavg()
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(m, f, indent=1)
-    parts.append(f"Load average at the end: {' '.join('%.2f' % x for x in m['loadavg_end'])}. "
-                 f"Raw data: `{os.path.relpath(out, ctx.project)}/`.\n")
+    parts.append(footer(m, os.path.relpath(out, ctx.project)))
     text = "\n".join(parts)
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
