@@ -61,7 +61,9 @@ def sm_bin():
 
 
 class Instance:
-    """A private pysendmail instance under `path` (PYSENDMAIL_ROOT=path)."""
+    """A private pysendmail instance under `path` (PYSENDMAIL_ROOT=path). It lives under
+    pytest's tmp_path, whose 0700 ancestors other users cannot enter: deliver only to the
+    invoking user (root in CI) there; use `workdir` for instances other users must reach."""
 
     def __init__(self, bindir, path):
         self.bindir = bindir
@@ -115,9 +117,26 @@ def sm_root(sm_bin, tmp_path):
 
 @pytest.fixture
 def workdir(request):
-    """A fresh directory run/<test name>/ in the checkout, mode 0755 with 0755 ancestors."""
+    """A fresh directory run/<test name>/ in the checkout, mode 0755. Peers such as OpenDKIM
+    refuse group/world-writable ancestors and Postfix/Dovecot hand work to other users, so
+    every ancestor must be searchable by others and writable only by its owner."""
+    import stat
+
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.nodeid)[-120:]
     path = os.path.join(REPO, "run", name)
+    parent = REPO
+    while True:
+        mode = os.stat(parent).st_mode
+        if not mode & stat.S_IXOTH or mode & (stat.S_IWGRP | stat.S_IWOTH):
+            message = "%s (mode %04o) does not suit peers' work dirs: the checkout must live " \
+                      "under directories that are o+x and not group/world-writable" % (
+                          parent, stat.S_IMODE(mode))
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        if parent == "/":
+            break
+        parent = os.path.dirname(parent)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
     os.chmod(os.path.join(REPO, "run"), 0o755)
