@@ -125,6 +125,20 @@ class Crashbed:
         os.chmod(self.top, 0o755)
         self._n = 0
         self._lock = threading.Lock()
+        self.leftovers = {}
+
+    def note_leftovers(self, scenario, names):
+        """Count what a recovered queue directory still holds (orphans of killed runs:
+        df, tf, jf, .tmp files), by kind, for the sweep summaries."""
+        with self._lock:
+            counts = self.leftovers.setdefault(scenario, {})
+            for name in names:
+                kind = ".tmp" if name.startswith(".tmp") else name[:2]
+                counts[kind] = counts.get(kind, 0) + 1
+
+    def leftover_text(self, scenario):
+        counts = self.leftovers.get(scenario, {})
+        return ", ".join("%s %d" % kv for kv in sorted(counts.items())) or "none"
 
     def close(self):
         shutil.rmtree(self.top, ignore_errors=True)
@@ -307,7 +321,8 @@ class Scenario:
     """What runs killed: `args`/`data` on an instance made by `prepare(bed)` ->
     (base, expected). `submitted` is the (tid, body) of the message the run submits."""
 
-    def __init__(self, name, args, prepare, fmt="mbox", data=b"", submitted=None, opts=()):
+    def __init__(self, name, args, prepare, fmt="mbox", data=b"", submitted=None, opts=(),
+                 canary_first=True):
         self.name = name
         self.args = list(args)
         self.prepare = prepare
@@ -315,23 +330,26 @@ class Scenario:
         self.data = data
         self.submitted = submitted
         self.opts = list(opts)
+        self.canary_first = canary_first
 
 
 def recover_and_check(bed, sc, base, expected, label):
-    """Canary, bounded recovery runs, then every check. Returns a list of problems."""
+    """Canary, bounded recovery runs, then every check. Returns a list of problems.
+    The canary is submitted before the recovery runs (mail keeps arriving after a crash),
+    or after them when `sc.canary_first` is False."""
     problems = []
-    canary_msg, canary_body = make_message("canary", 2000)
-    p = bed.run(base, sc.opts + ["-odq"] + RCPTS, canary_msg)
-    if p.returncode != 0:
-        problems.append("canary submission after the kill exited %d: %r" % (p.returncode, p.stderr[-300:]))
-    else:
-        expected["canary"] = Expect(canary_body, USERS, True)
+    if sc.canary_first:
+        problems += _canary(bed, sc, base, expected)
     runs = []
     for _ in range(MAX_RECOVERY_RUNS):
         p = bed.run(base, sc.opts + RECOVERY_OPTS + ["-q"])
         runs.append(p.returncode)
         if not queued(base):
             break
+    if not sc.canary_first:
+        problems += _canary(bed, sc, base, expected)
+        p = bed.run(base, sc.opts + RECOVERY_OPTS + ["-q"])
+        runs.append(p.returncode)
     p = subprocess.run([bed.mailq, "--json"], capture_output=True, env=bed.env(base), timeout=60)
     if p.returncode != 0:
         problems.append("mailq --json exited %d: %r" % (p.returncode, p.stderr[-300:]))
@@ -349,7 +367,18 @@ def recover_and_check(bed, sc, base, expected, label):
     if locks:
         problems.append("dotlocks left in the mail directory: %s" % locks)
     problems += check_mailboxes(base, sc.fmt, expected)
+    bed.note_leftovers(sc.name, queue_files(base))
     return ["%s: %s" % (label, pr) for pr in problems]
+
+
+def _canary(bed, sc, base, expected):
+    """Submit the canary (later mail must not be hurt by the leftovers of a kill)."""
+    msg, body = make_message("canary", 2000)
+    p = bed.run(base, sc.opts + ["-odq"] + RCPTS, msg)
+    if p.returncode != 0:
+        return ["canary submission after the kill exited %d: %r" % (p.returncode, p.stderr[-300:])]
+    expected["canary"] = Expect(body, USERS, True)
+    return []
 
 
 def run_point(bed, sc, syscall, n, path=None):
@@ -369,6 +398,8 @@ def run_point(bed, sc, syscall, n, path=None):
         tid, body = sc.submitted
         expected[tid] = Expect(body, USERS, p.returncode == 0)
     problems += recover_and_check(bed, sc, base, expected, label)
+    if not problems:
+        shutil.rmtree(os.path.dirname(base), ignore_errors=True)
     return killed, problems
 
 
@@ -399,21 +430,26 @@ def count_calls(bed, sc):
     return calls, base
 
 
-def plan(calls, base, write_samples=30, other_samples=4):
-    """The (syscall, n) kill points: every n for small counts; for write, a spread sample;
-    for openat, every call on the instance's files plus a few import-time ones."""
+def _spread(items, k):
+    """At most k of `items`, evenly spread, first and last included."""
+    if len(items) <= k:
+        return list(items)
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def plan(calls, base, write_samples=30, open_samples=24, other_samples=4):
+    """The (syscall, n) kill points: every n for small counts; for write, the first six and
+    a spread sample; for openat, a spread of the calls on the instance's files plus a few
+    import-time ones."""
     points = []
     for syscall, per_pid in sorted(calls.items()):
         count = max(len(v) for v in per_pid.values())
         if syscall == "openat":
             mine = sorted({i + 1 for v in per_pid.values() for i, a in enumerate(v) if base in a})
             others = [n for n in range(1, count + 1) if n not in mine]
-            step = max(1, len(others) // other_samples)
-            ns = sorted(set(mine) | set(others[::step]))
+            ns = sorted(set(_spread(mine, open_samples)) | set(_spread(others, other_samples)))
         elif syscall in ("write", "pwrite64") and count > write_samples:
-            head, tail = list(range(1, 7)), list(range(count - 7, count + 1))
-            step = max(1, (count - 14) // (write_samples - 14))
-            ns = sorted(set(head + tail + list(range(7, count - 7, step))))
+            ns = sorted(set(range(1, 7)) | set(_spread(list(range(1, count + 1)), write_samples)))
         else:
             ns = list(range(1, count + 1))
         points += [(syscall, n) for n in ns]
@@ -443,7 +479,8 @@ def sweep(bed, sc, budget, required=("write", "fsync", "rename", "openat", "floc
     summary = "%s: %d kill points planned (%s), %d run, %d killed, %d over budget" % (
         sc.name, len(points), ", ".join("%s %d" % kv for kv in sorted(per.items())),
         len(done), len(killed), len(skipped))
-    print(summary)
+    print(summary + "; files left in the queue directories after recovery: "
+          + bed.leftover_text(sc.name))
     assert not problems, summary + "\n" + "\n".join(problems)
     assert not skipped, summary + ": the sweep ran out of its %d s budget" % budget
     for s in required:
@@ -474,7 +511,8 @@ def bed(sm_bin):
 def templates(bed):
     """Instances built once and cloned for every kill point:
     'sub': root's mailbox already holds one message (appends go after it);
-    'mbox' / 'maildir': that, plus four queued messages for root and daemon."""
+    'mbox' / 'maildir': that, plus four queued messages for root and daemon;
+    'q2only': 'sub' plus one queued 1 MB message for root and daemon."""
     out = {}
     for fmt, opts in (("mbox", []), ("maildir", MAILDIR_OPTS)):
         base = bed.new_instance("template-" + fmt)
@@ -494,6 +532,14 @@ def templates(bed):
             expected[tid] = Expect(body, users, True)
         assert len(queued(base)) == 4
         out[fmt] = (base, expected)
+    # 'q2only': root's old message, and q2 (1 MB, root and daemon) queued.
+    base, expected = out["sub"]
+    base = bed.clone(base, "template-q2")
+    expected = dict(expected)
+    msg, body = make_message("q2", BIG)
+    bed.submit(base, ["-odq"] + RCPTS, msg)
+    expected["q2"] = Expect(body, USERS, True)
+    out["q2only"] = (base, expected)
     return out
 
 
@@ -533,3 +579,154 @@ def test_kill_queue_run_maildir(bed, templates):
     killed = sweep(bed, sc, budget=50, required=("write", "fsync", "rename", "openat", "flock",
                                                  "link"), write_samples=24)
     assert killed
+
+
+# ---- a queue run killed while it repairs a partial append ---------------------------------------
+
+def _kill_append_midway(bed, base, user="root", nth_write=6):
+    """Run `sendmail -q` with the delivery child SIGKILLed at its nth write to the mbox of
+    `user` (a 1 MB message is then partly appended; the queue run itself goes on)."""
+    log = os.path.join(os.path.dirname(base), "midway.log")
+    box = os.path.join(base, "mail", user)
+    before = os.path.getsize(box) if os.path.exists(box) else 0
+    bed.run(base, ["-q"], prefix=strace_prefix(log, "write", nth_write, box))
+    assert was_killed(log), "the append to %s was not killed" % box
+    after = os.path.getsize(box)
+    assert before < after < before + BIG, "no partial append in %s (%d -> %d)" % (box, before, after)
+
+
+def _partial_q2(templates):
+    """An instance whose root mailbox ends with a partial copy of q2 (1 MB), with its
+    journal; q2 is queued for root again (deferred), its copy for daemon delivered."""
+    def prepare(bed):
+        base, expected = templates["q2only"]
+        base = bed.clone(base, "repair")
+        _kill_append_midway(bed, base)
+        return base, dict(expected)
+    return prepare
+
+
+def test_kill_queue_run_repairing_partial_append(bed, templates):
+    """The retry that truncates a partial mbox append (ftruncate) and appends again,
+    killed at every step; the canary comes after the recovery runs here."""
+    sc = Scenario("repair run mbox", ["-q"], _partial_q2(templates), canary_first=False)
+    sweep(bed, sc, budget=30, required=("write", "fsync", "ftruncate", "openat", "flock"),
+          write_samples=12)
+
+
+def test_partial_append_is_removed_before_the_next_delivery(bed, templates):
+    """A delivery child killed mid-append leaves part of q2 at the end of root's mbox.
+    The next message for root (sendmail -odi, exit 0) is appended after it, and then
+    the retry of q2: the mailbox must not keep the partial copy."""
+    base, expected = templates["q2only"]
+    base = bed.clone(base, "partial-then-new")
+    expected = dict(expected)
+    _kill_append_midway(bed, base)
+    msg, body = make_message("new", 4000)
+    bed.submit(base, ["-odi", "root"], msg)
+    expected["new"] = Expect(body, ("root",), True)
+    sc = Scenario("partial then new mail", ["-q"], None, canary_first=False)
+    problems = recover_and_check(bed, sc, base, expected, sc.name)
+    assert not problems, "\n".join(problems)
+
+
+def test_dotlock_of_a_killed_delivery_does_not_block_the_mailbox(bed, templates):
+    """The delivery child is SIGKILLed right after creating root.lock (O_EXCL) and before
+    writing its pid into it. The next queue run must still deliver (Timeout.mailboxlock
+    is 2 s in the recovery runs, DOTLOCK_STALE is 5 minutes)."""
+    base, expected = templates["q2only"]
+    base = bed.clone(base, "empty-dotlock")
+    log = os.path.join(os.path.dirname(base), "dotlock.log")
+    lock = os.path.join(base, "mail", "root.lock")
+    bed.run(base, ["-q"], prefix=strace_prefix(log, "write", 1, lock))
+    assert was_killed(log)
+    sc = Scenario("killed dotlock writer", ["-q"], None, canary_first=False)
+    problems = recover_and_check(bed, sc, base, dict(expected), sc.name)
+    assert not problems, "\n".join(problems)
+
+
+# ---- SIGKILL from outside after a random delay -----------------------------------------------------
+
+RANDOM_ITERATIONS = 50
+
+
+def test_random_external_kill(bed, templates):
+    """50 times: start `sendmail -odi root both < 1 MB` or a queue run (mbox, Maildir),
+    SIGKILL it (or, every other time, its whole process group) from outside after a
+    random delay, let its orphans finish, recover, check. The delay is drawn from
+    [0, max(30 ms, duration of an unkilled run)] so kills land all along the run."""
+    seed = int(os.environ.get("CRASH_SEED") or random.randrange(1 << 30))
+    rnd = random.Random(seed)
+    msg, body = make_message("sub", BIG)
+    kinds = {
+        "odi": Scenario("random -odi", ["-odi"] + RCPTS, _from_template(templates, "sub"),
+                        data=msg, submitted=("sub", body)),
+        "mbox": Scenario("random -q mbox", ["-q"], _from_template(templates, "mbox")),
+        "maildir": Scenario("random -q maildir", ["-q"], _from_template(templates, "maildir"),
+                            fmt="maildir", opts=MAILDIR_OPTS),
+    }
+    durations = {}
+    for name, sc in kinds.items():
+        base, _ = sc.prepare(bed)
+        t0 = time.monotonic()
+        p = bed.run(base, sc.opts + sc.args, sc.data)
+        durations[name] = time.monotonic() - t0
+        assert p.returncode == 0, (name, p.stderr)
+    plan_ = []
+    for i in range(RANDOM_ITERATIONS):
+        name = ("odi", "mbox", "maildir")[i % 3]
+        delay = rnd.uniform(0, max(0.030, durations[name]))
+        plan_.append((i, name, delay, bool(i % 2)))
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(lambda it: _random_point(bed, kinds[it[1]], *it, deadline=deadline),
+                                plan_))
+    problems = [pr for r in results if r for pr in r[1]]
+    killed = sum(1 for r in results if r and r[0])
+    summary = "random kills (seed %d, CRASH_SEED=%d to replay): %d iterations, %d run, " \
+              "%d killed mid-run" % (seed, seed, len(plan_), sum(1 for r in results if r), killed)
+    print(summary)
+    assert not problems, summary + "\n" + "\n".join(problems)
+    assert all(results), summary + ": out of the 60 s budget"
+    assert killed >= RANDOM_ITERATIONS // 4, summary + ": too few kills landed mid-run"
+
+
+def _random_point(bed, sc, i, name, delay, whole_group, deadline):
+    if time.monotonic() > deadline:
+        return None
+    base, expected = sc.prepare(bed)
+    stdin_path = os.path.join(os.path.dirname(base), "stdin")
+    with open(stdin_path, "wb") as f:
+        f.write(sc.data)
+    with open(stdin_path, "rb") as stdin:
+        p = subprocess.Popen([bed.sm] + sc.opts + sc.args, stdin=stdin,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=bed.env(base), start_new_session=True)
+    time.sleep(delay)
+    killed = p.poll() is None
+    if killed:     # not yet reaped, so the pid (and group id) cannot have been reused
+        if whole_group:
+            os.killpg(p.pid, signal.SIGKILL)
+        else:
+            os.kill(p.pid, signal.SIGKILL)
+    rc = p.wait()
+    # An orphaned delivery child may still be appending (it holds the message's lock):
+    # wait until nothing of the group is left.
+    limit = time.monotonic() + 30
+    while time.monotonic() < limit:
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    else:
+        return killed, ["%s #%d: processes of the killed run still alive after 30 s" % (name, i)]
+    if sc.submitted:
+        tid, body = sc.submitted
+        expected[tid] = Expect(body, USERS, rc == 0)
+    label = "%s #%d: %s after %.1f ms (exit %d)" % (
+        sc.name, i, "killpg" if whole_group else "kill", delay * 1000, rc)
+    problems = recover_and_check(bed, sc, base, expected, label)
+    if not problems:
+        shutil.rmtree(os.path.dirname(base), ignore_errors=True)
+    return killed, problems
