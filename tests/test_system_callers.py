@@ -18,7 +18,7 @@ import tempfile
 
 import pytest
 
-from conftest import IN_CI, IS_ROOT, SystemSandbox
+from conftest import IN_CI, IS_ROOT, SystemSandbox, require_program
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root")
 
@@ -101,8 +101,6 @@ class Session:
 @pytest.fixture(scope="module")
 def session(sm_bin, tmp_path_factory):
     for program in ("php", "mail", "cron", "setpriv", "timeout"):
-        from conftest import require_program
-
         require_program(program)
     probe = subprocess.run(NOBODY + ["test", "-x", os.path.join(sm_bin, "sendmail")])
     if probe.returncode != 0:
