@@ -230,6 +230,13 @@ class SystemSandbox:
                                  "--- stderr\n%s" % (proc.returncode, script, proc.stdout, proc.stderr))
         return proc
 
+    def changes(self):
+        """Every path the sandbox holds changed (its upper layers), with type, mode, owner,
+        size and mtime: equal lists mean nothing at all was written in between."""
+        layers = self.base if self.mode == "overlay" else os.path.join(self.base, "tmpfs")
+        out = self.run("cd %s/upper && find . -printf '%%p %%y %%m %%u %%s %%T@\\n' | sort" % layers).stdout
+        return out.splitlines()
+
     def forget_pysendmail(self):
         """Hide any pysendmail system state the machine itself has (spool, state, run dir,
         unit), so the sandbox starts as a machine where pysendmail was never installed."""

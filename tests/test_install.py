@@ -208,10 +208,12 @@ def test_install_as_system_mta_in_sandbox(sm_bin, system_sandbox):
     before = sb.snapshot(WATCHED)
     assert before[DIRS_FIRST] is None, "the sandbox already has a pysendmail spool"
 
+    changes = sb.changes()
     dry = sb.run("%s install --dry-run" % cmd, env=env)
     assert "would link /usr/sbin/sendmail -> %s/sendmail" % sm_bin in dry.stdout
     assert "would create /var/spool/pysendmail/maildrop (mode 1733, root)" in dry.stdout
     assert sb.snapshot(WATCHED) == before
+    assert sb.changes() == changes  # the dry run wrote nothing anywhere
 
     first = sb.run("%s install" % cmd, env=env)
     assert "pysendmail install: done" in first.stdout, first.stdout
@@ -235,9 +237,12 @@ def test_install_as_system_mta_in_sandbox(sm_bin, system_sandbox):
     mq = sb.run("/usr/bin/mailq; echo rc=$?", env=env)
     assert "rc=0" in mq.stdout and "/var/spool/pysendmail" in mq.stdout, mq
 
+    changes = sb.changes()
+    assert any(line.startswith("./usr_sbin/sendmail l ") for line in changes), changes
     second = sb.run("%s install" % cmd, env=env)
     assert "nothing to do" in second.stdout and "would" not in second.stdout, second.stdout
     assert sb.snapshot(WATCHED) == after
+    assert sb.changes() == changes  # the second install wrote nothing anywhere
 
     undo = sb.run("%s uninstall" % cmd, env=env)
     assert "pysendmail uninstall: done" in undo.stdout, undo.stdout
