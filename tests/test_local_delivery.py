@@ -477,6 +477,13 @@ def test_prog_not_reading_stdin_big_message(tmp_path):
     assert deliver(env, 0, spool, lay, {}).status == "2.0.0"
 
 
+def test_prog_background_child_keeps_pipe_open(tmp_path):
+    env, spool, lay = _prog_env(tmp_path, "cat >/dev/null; (sleep 20 &) ; exit 0")
+    t = time.monotonic()
+    assert deliver(env, 0, spool, lay, {}).status == "2.0.0"
+    assert time.monotonic() - t < 10
+
+
 def test_prog_timeout(tmp_path):
     env, spool, lay = _prog_env(tmp_path, "sleep 30")
     t = time.monotonic()
@@ -532,12 +539,21 @@ def other_user():
     if not ROOT:
         pytest.skip("needs root")
     subprocess.run(["userdel", TEST_USER], capture_output=True)
-    subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
-                    TEST_USER], check=True, capture_output=True)
+    for _ in range(10):  # /etc/passwd may be locked by another test's useradd for a moment
+        r = subprocess.run(["useradd", "-M", "-d", "/nonexistent", "-s", "/usr/sbin/nologin",
+                            TEST_USER], capture_output=True)
+        if r.returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("useradd %s: %s" % (TEST_USER, r.stderr.decode()))
     try:
         yield pwd.getpwnam(TEST_USER)
     finally:
-        subprocess.run(["userdel", TEST_USER], capture_output=True)
+        for _ in range(10):
+            if subprocess.run(["userdel", TEST_USER], capture_output=True).returncode in (0, 6):
+                break
+            time.sleep(0.5)
 
 
 @pytest.fixture

@@ -106,13 +106,46 @@ def _alive(pid):
     return state not in ([b"Z"], [b"X"])
 
 
+def _create_lock(lock):
+    """Create `lock` holding "PID HOST", atomically where Linux allows: the content is
+    written to an unnamed O_TMPFILE file that is then linked to the name, so a process
+    killed at any point leaves either no lock or one naming it (never an empty one,
+    which could only expire after 5 minutes). Raises FileExistsError if it exists."""
+    content = ("%d %s\n" % (os.getpid(), _HOST)).encode()
+    tmpfile = getattr(os, "O_TMPFILE", 0)
+    if tmpfile:
+        try:
+            fd = os.open(os.path.dirname(lock) or ".", tmpfile | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            fd = None  # file system without O_TMPFILE
+        if fd is not None:
+            try:
+                os.write(fd, content)
+                os.link("/proc/self/fd/%d" % fd, lock)
+                return
+            except FileExistsError:
+                raise
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EINVAL):
+                    raise
+            finally:
+                os.close(fd)
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
 def _dotlock(path, deadline):
     """Create PATH.lock; returns its path, None when the directory does not let us
     (then only the kernel locks protect the file). Raises MailboxError on timeout."""
     lock = path + ".lock"
     while True:
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            _create_lock(lock)
         except FileExistsError:
             try:
                 why = _stale(lock)
@@ -130,10 +163,6 @@ def _dotlock(path, deadline):
                 return None
             raise
         else:
-            try:
-                os.write(fd, ("%d %s\n" % (os.getpid(), _HOST)).encode())
-            finally:
-                os.close(fd)
             return lock
         if time.monotonic() >= deadline:
             raise MailboxError("4.2.0", "%s: mailbox is locked (dotlock)" % path)

@@ -170,11 +170,17 @@ def _feed(proc, chunks, deadline):
     pending = memoryview(b"")
     writing = True
     try:
+        exited_at = None
         while True:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return bytes(kept), True
             if not sel.get_map():
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now  # a background child may keep the pipes open: 1 s grace
+            if exited_at is not None and now - exited_at > 1.0:
                 break
             for key, _ in sel.select(min(left, 1.0)):
                 if key.fileobj is out:
