@@ -55,6 +55,9 @@ php -n -r 'echo mail("root", "php default path", "php line 1\n.\nphp line 3", "F
     >"$out/php.txt" 2>&1
 # bsd-mailx: always /usr/sbin/sendmail -i -t
 printf 'mailx body line 1\nline 2\n' | mail -s "mailx subject" root; echo $? >"$out/mailx.rc"
+# git send-email's second choice, and the alias rebuild through the installed link
+printf 'Subject: via /usr/lib/sendmail\n\nlib body\n' | /usr/lib/sendmail -i root; echo $? >"$out/usrlib.rc"
+/usr/bin/newaliases >"$out/newaliases.txt" 2>&1; echo $? >"$out/newaliases.rc"
 
 # Wait (bounded) for cron's two mails, running the queue as root (this also picks up
 # the maildrop), then stop cron.
@@ -188,3 +191,11 @@ def test_nonroot_f_is_flagged(session):
 
 def test_queue_is_empty_at_the_end(session):
     assert [f for f in session.text("queue-after.txt").split() if f.startswith("qf")] == []
+
+
+def test_usr_lib_sendmail_and_newaliases_links(session):
+    assert session.text("usrlib.rc").strip() == "0"
+    msg = session.message("root", "via /usr/lib/sendmail")
+    assert msg.get_payload() == "lib body\n"
+    assert session.text("newaliases.rc").strip() == "0", session.text("newaliases.txt")
+    assert session.text("newaliases.txt").startswith("/etc/aliases: ")
