@@ -17,9 +17,10 @@ needed, so a second run does nothing and says so, and --dry-run prints the plan.
 --root DIR applies everything under DIR instead of / (for tests and images).
 
 Security stance: root only (exit 77 otherwise). It touches only the paths listed
-above. It never follows a symlink it replaces (lstat, unlink), moves displaced
-files by copy+unlink when they cross filesystems (preserving mode, owner and
-times), and uninstall restores a path only while it is still the link install
+above. It never follows a symlink it replaces (lstat, rename over it), keeps
+displaced files by hard link or, across filesystems, by copy (preserving mode,
+owner and times), replaces every path atomically so that it is never missing, and
+uninstall restores a path only while it is still the link install
 made; anything else found there is left alone and reported.
 """
 import os
@@ -143,7 +144,8 @@ class Installer:
                      stored=path.strip("/").replace("/", "%"))
         _makedirs(self.p(DISPLACED), 0o700)
         dest = os.path.join(self.p(DISPLACED), entry["stored"])
-        shutil.copy2(self.p(path), dest)
+        shutil.copy2(self.p(path), dest)  # a real copy: no link shared with the live file
+        os.chown(dest, entry["uid"], entry["gid"])
         manifest["entries"][path] = entry
         self.save_manifest(manifest)
 
@@ -205,10 +207,10 @@ class Installer:
                 entry["stored"] = path.strip("/").replace("/", "%")
                 dest = os.path.join(self.p(DISPLACED), entry["stored"])
                 _makedirs(self.p(DISPLACED), 0o700)
-                _move_file(real, dest)
+                _keep_copy(real, dest)
             manifest["entries"][path] = entry
             self.save_manifest(manifest)
-            _replace_with_link(real, target)
+            _replace_with_link(real, target)  # atomically: the path is never missing
 
         kept = "" if current["type"] == "absent" else ", keeping the old %s in %s" % (
             _show(current), DISPLACED)
@@ -256,9 +258,10 @@ class Installer:
         kind = entry["type"]
         if kind == "file":
             src = os.path.join(self.p(DISPLACED), entry["stored"])
-            if os.path.lexists(real):
-                os.unlink(real)
-            _move_file(src, real)
+            if not os.path.isfile(src):
+                raise RuntimeError("cannot restore %s: %s is missing" % (entry["path"], src))
+            _keep_copy(src, real)  # replaces pysendmail's link atomically
+            os.unlink(src)
         elif kind == "symlink":
             _replace_with_link(real, entry["target"])
         else:
@@ -390,28 +393,26 @@ def _replace_with_link(path, target):
     os.replace(tmp, path)
 
 
-def _move_file(src, dest):
-    """Move a regular file, also across filesystems, keeping mode, owner and times."""
-    try:
-        os.rename(src, dest)
-        return
-    except OSError as e:
-        import errno
-
-        if e.errno != errno.EXDEV:
-            raise
-    import shutil
-
-    st = os.lstat(src)
+def _keep_copy(src, dest):
+    """Make `dest` a copy of the regular file `src` (a hard link when on the same
+    filesystem), keeping mode, owner and times; `src` stays in place, so the path it
+    serves is never missing. Atomic: `dest` appears complete or not at all."""
     tmp = dest + ".pysendmail-tmp"
-    shutil.copyfile(src, tmp, follow_symlinks=False)
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o7777)
-    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        st = os.lstat(src)
+        shutil.copyfile(src, tmp, follow_symlinks=False)
+        os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777)
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, dest)
-    os.unlink(src)
 
 
 def main(argv, command="install"):
