@@ -56,8 +56,9 @@ MAX_RECOVERY_RUNS = 3
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 SWEEP_SYSCALLS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat",
                   "renameat2", "unlink", "unlinkat", "openat", "flock", "ftruncate",
-                  "link", "linkat", "mkdir")
+                  "link", "linkat", "mkdir", "fchmod")
 MAILDIR_OPTS = ["-O", "MailboxFormat=maildir"]
+NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 # ---- messages ---------------------------------------------------------------------------
@@ -129,7 +130,8 @@ class Crashbed:
 
     def note_leftovers(self, scenario, names):
         """Count what a recovered queue directory still holds (orphans of killed runs:
-        df, tf, jf, .tmp files), by kind, for the sweep summaries."""
+        df, tf, jf, mf, .tmp files: harmless, never picked up again), by kind, for the
+        sweep summaries."""
         with self._lock:
             counts = self.leftovers.setdefault(scenario, {})
             for name in names:
@@ -181,12 +183,15 @@ class Crashbed:
         assert p.returncode == 0, "sendmail %s: %d %r %r" % (args, p.returncode, p.stdout, p.stderr)
 
 
-def strace_prefix(log, syscall, n, path=None):
-    """strace arguments that SIGKILL a tracee on entry to its n-th `syscall`."""
+def strace_prefix(log, syscall, n, path=None, user=None):
+    """strace arguments that SIGKILL a tracee on entry to its n-th `syscall` (only
+    calls on `path` if given; the command runs as `user` if given)."""
     pre = ["strace", "-f", "-o", log, "-e", "trace=" + syscall,
            "-e", "inject=%s:signal=KILL:when=%d" % (syscall, n)]
     if path:
         pre += ["-P", path]
+    if user:
+        pre += ["-u", user]
     return pre
 
 
@@ -322,7 +327,7 @@ class Scenario:
     (base, expected). `submitted` is the (tid, body) of the message the run submits."""
 
     def __init__(self, name, args, prepare, fmt="mbox", data=b"", submitted=None, opts=(),
-                 canary_first=True):
+                 canary_first=True, user=None):
         self.name = name
         self.args = list(args)
         self.prepare = prepare
@@ -331,6 +336,7 @@ class Scenario:
         self.submitted = submitted
         self.opts = list(opts)
         self.canary_first = canary_first
+        self.user = user                # run the killed command as this user (strace -u)
 
 
 def recover_and_check(bed, sc, base, expected, label):
@@ -363,6 +369,14 @@ def recover_and_check(bed, sc, base, expected, label):
     lost = [n for n in queue_files(base) if n.startswith(("Qf", "qf", "hf"))]
     if lost:
         problems.append("control files left in the queue: %s" % lost)
+    drop = os.path.join(base, "spool", "maildrop")
+    if os.path.isdir(drop):
+        # A complete drop file (owner-execute bit) must have been picked up; an
+        # incomplete one (a killed submitter's) may wait for pickup's day-old cleanup.
+        for name in os.listdir(drop):
+            mode = os.lstat(os.path.join(drop, name)).st_mode
+            if name.startswith(".bad-") or mode & 0o100:
+                problems.append("maildrop file left after recovery: %s (mode %o)" % (name, mode))
     locks = [n for n in os.listdir(os.path.join(base, "mail")) if n.endswith(".lock")]
     if locks:
         problems.append("dotlocks left in the mail directory: %s" % locks)
@@ -387,7 +401,8 @@ def run_point(bed, sc, syscall, n, path=None):
     base, expected = sc.prepare(bed)
     log = os.path.join(os.path.dirname(base), "strace.log")
     target = os.path.join(base, path) if path else None
-    p = bed.run(base, sc.opts + sc.args, sc.data, prefix=strace_prefix(log, syscall, n, target))
+    p = bed.run(base, sc.opts + sc.args, sc.data,
+                prefix=strace_prefix(log, syscall, n, target, sc.user))
     killed = was_killed(log)
     label = "%s kill at %s #%d%s (exit %d)" % (sc.name, syscall, n,
                                                  " on %s" % path if path else "", p.returncode)
@@ -414,6 +429,8 @@ def count_calls(bed, sc):
     log = os.path.join(os.path.dirname(base), "count.log")
     prefix = ["strace", "-f", "-s", "300", "-o", log,
               "-e", "trace=" + ",".join("?" + s for s in SWEEP_SYSCALLS)]
+    if sc.user:
+        prefix += ["-u", sc.user]
     p = bed.run(base, sc.opts + sc.args, sc.data, prefix=prefix)
     assert p.returncode == 0, "unkilled %s exited %d: %r" % (sc.name, p.returncode, p.stderr)
     calls = {}
@@ -457,12 +474,12 @@ def plan(calls, base, write_samples=30, open_samples=24, other_samples=4):
 
 
 def sweep(bed, sc, budget, required=("write", "fsync", "rename", "openat", "flock"),
-          write_samples=30):
+          write_samples=30, open_samples=24):
     """Count, plan, run every point (in parallel, within `budget` seconds); assert."""
     calls, base = count_calls(bed, sc)
     for s in required:
         assert s in calls, "%s: no %s calls seen in an unkilled run" % (sc.name, s)
-    points = plan(calls, base, write_samples=write_samples)
+    points = plan(calls, base, write_samples=write_samples, open_samples=open_samples)
     deadline = time.monotonic() + budget
     results = []
     with ThreadPoolExecutor(WORKERS) as pool:
@@ -502,6 +519,7 @@ BIG = 1_000_000
 @pytest.fixture(scope="module")
 def bed(sm_bin):
     require_program("strace")
+    require_program("setpriv")
     b = Crashbed(sm_bin)
     yield b
     b.close()
@@ -540,6 +558,27 @@ def templates(bed):
     bed.submit(base, ["-odq"] + RCPTS, msg)
     expected["q2"] = Expect(body, USERS, True)
     out["q2only"] = (base, expected)
+    # 'drop-sub': 'sub' with a system-shaped spool: maildrop 1733, queue 0700 (root's),
+    # so that `nobody` submits through the maildrop; 'drop': that plus two complete
+    # drop files written by nobody (q2, 1 MB, for root and daemon; q4 for daemon).
+    base, expected = out["sub"]
+    base = bed.clone(base, "template-drop-sub")
+    spool = os.path.join(base, "spool")
+    os.makedirs(os.path.join(spool, "queue"), 0o700, exist_ok=True)
+    os.chmod(spool, 0o755)
+    os.mkdir(os.path.join(spool, "maildrop"))
+    os.chmod(os.path.join(spool, "maildrop"), 0o1733)
+    out["drop-sub"] = (base, dict(expected))
+    base = bed.clone(base, "template-drop")
+    expected = dict(expected)
+    for tid, size, rcpts, users in (("q2", BIG, RCPTS, USERS), ("q4", 800, ["daemon"], ("daemon",))):
+        msg, body = make_message(tid, size)
+        p = bed.run(base, rcpts, msg, prefix=NOBODY)
+        assert p.returncode == 0, (p.stdout, p.stderr)
+        expected[tid] = Expect(body, users, True)
+    drops = os.listdir(os.path.join(base, "spool", "maildrop"))
+    assert len(drops) == 2 and not queued(base), drops
+    out["drop"] = (base, expected)
     return out
 
 
@@ -579,6 +618,23 @@ def test_kill_queue_run_maildir(bed, templates):
     killed = sweep(bed, sc, budget=50, required=("write", "fsync", "rename", "openat", "flock",
                                                  "link"), write_samples=24)
     assert killed
+
+
+def test_kill_submission_through_the_maildrop(bed, templates):
+    """`nobody` runs sendmail root both < 1 MB (it cannot write the queue: the message
+    goes to the maildrop, complete once fsync'd and marked +x); killed at every step.
+    Root's recovery queue runs pick it up and deliver it."""
+    msg, body = make_message("sub", BIG)
+    sc = Scenario("submission as nobody", RCPTS, _from_template(templates, "drop-sub"),
+                  data=msg, submitted=("sub", body), user="nobody")
+    sweep(bed, sc, budget=25, required=("write", "fsync", "fchmod", "openat"), write_samples=20)
+
+
+def test_kill_queue_run_picking_up(bed, templates):
+    """Root's sendmail -q picking up two drop files (mf marker, df, qf, unlink of the
+    drop) and delivering them; killed at every step."""
+    sc = Scenario("pickup queue run", ["-q"], _from_template(templates, "drop"))
+    sweep(bed, sc, budget=40, write_samples=20, open_samples=20)
 
 
 # ---- a queue run killed while it repairs a partial append ---------------------------------------
