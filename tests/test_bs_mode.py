@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from pysendmail.cli.smtp_stdio import SessionBackend, rfc5322_date, run_stdio
+from pysendmail.cli.smtp_stdio import SessionBackend, run_stdio
+from pysendmail.dates import rfc5322
 from pysendmail.errors import EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, MTAError
 from pysendmail.proto.smtp_reply import Reply
 
@@ -96,7 +97,7 @@ def test_reference_session_over_pipes():
     assert status == 0
     got = lines(out)
     assert re.fullmatch(r"220 mail\.example\.com ESMTP pysendmail 0\.1\.0; "
-                        r"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}", got[0])
+                        r"\w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d (?:GMT|[+-]\d{4})", got[0])
     assert got[1:10] == [
         "250-mail.example.com Hello root@localhost, pleased to meet you",
         "250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250-8BITMIME", "250-SIZE", "250-DSN",
@@ -238,15 +239,24 @@ def test_bdat_over_stdin():
 
 
 @pytest.mark.parametrize("ts", [0, 951782400, 1795704327, 4107542399, 1709251199, 1582934400])
-@pytest.mark.parametrize("offset", [0, 3600, -18000, 19800, -34200])
-def test_rfc5322_date_matches_email_utils(ts, offset):
+@pytest.mark.parametrize("tz", ["UTC0", "CET-1", "EST5", "IST-5:30", "NST3:30"])
+def test_rfc5322_date_matches_email_utils(ts, tz, monkeypatch):
+    """pysendmail.dates.rfc5322 against email.utils, in several local time zones."""
     import datetime
+    import time
 
-    zone = datetime.timezone(datetime.timedelta(seconds=offset))
-    want = email.utils.format_datetime(datetime.datetime.fromtimestamp(ts, zone))
-    got = rfc5322_date(ts, offset)
-    # email.utils pads the day to two digits; Sendmail and we do not
-    assert got == re.sub(r", 0(\d) ", r", \1 ", want)
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        offset = time.localtime(ts).tm_gmtoff
+        zone = datetime.timezone(datetime.timedelta(seconds=offset))
+        want = email.utils.format_datetime(datetime.datetime.fromtimestamp(ts, zone))
+        # email.utils pads the day to two digits and writes +0000; Sendmail and we do not
+        want = re.sub(r", 0(\d) ", r", \1 ", want).replace(" +0000", " GMT")
+        assert rfc5322(ts) == want
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
 
 
 def test_installed_sendmail_bs_queues_the_message(sm_root):

@@ -8,31 +8,10 @@ Header fields are raw bytes ("Name: value", folded lines joined by LF).
 """
 import time
 
-from .. import __version__
+from .. import __version__, dates
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def rfc5322_date(now):
-    """'Thu, 26 Nov 2026 14:45:26 -0500' in local time (no locale, no datetime import);
-    on a UTC host 'GMT', as Sendmail's arpadate writes it."""
-    t = time.localtime(now)
-    off = t.tm_gmtoff // 60
-    if off == 0:
-        zone = "GMT"
-    else:
-        zone = "%s%02d%02d" % ("+" if off > 0 else "-", abs(off) // 60, abs(off) % 60)
-    return "%s, %d %s %d %02d:%02d:%02d %s" % (
-        _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
-        t.tm_hour, t.tm_min, t.tm_sec, zone)
-
-
-def ctime_date(now):
-    """'Thu Nov 26 14:45:26 2026' as in an mbox From_ line."""
-    t = time.localtime(now)
-    return "%s %s %2d %02d:%02d:%02d %d" % (
-        _DAYS[t.tm_wday], _MONTHS[t.tm_mon - 1], t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec, t.tm_year)
+rfc5322_date = dates.rfc5322
+ctime_date = dates.ctime
 
 
 def field_name(header):

@@ -14,8 +14,7 @@ import time
 from ..queue import qfile
 from ..queue.spool import Spool
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+from ..dates import DAYS as _DAYS, MONTHS as _MONTHS
 
 
 def _qtime(created, long_form=True):

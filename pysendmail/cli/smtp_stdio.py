@@ -15,7 +15,7 @@ core's docstring).
 """
 import os
 
-from pysendmail import __version__
+from pysendmail import __version__, dates
 from pysendmail.errors import EX_IOERR, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, MTAError
 from pysendmail.proto import smtp_events as ev
 from pysendmail.proto import smtp_reply as R
@@ -24,32 +24,6 @@ from pysendmail.proto.smtp_server import CLOSED, ServerConfig, SMTPServerConnect
 
 PRODUCT = "pysendmail %s" % __version__
 READ_SIZE = 65536
-
-_DAYS = ("Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed")     # 1970-01-01 was a Thursday
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
-           "Nov", "Dec")
-
-
-def rfc5322_date(ts, offset=0):
-    """RFC 5322 date-time for epoch seconds `ts` in a zone `offset` seconds east of UTC.
-    Pure arithmetic (Hinnant's civil-from-days); no datetime, no email.utils."""
-    t = int(ts) + int(offset)
-    days, secs = divmod(t, 86400)
-    z = days + 719468
-    era = z // 146097
-    doe = z - era * 146097
-    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
-    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
-    mp = (5 * doy + 2) // 153
-    day = doy - (153 * mp + 2) // 5 + 1
-    month = mp + 3 if mp < 10 else mp - 9
-    year = yoe + era * 400 + (month <= 2)
-    sign = "+" if offset >= 0 else "-"
-    off = abs(int(offset)) // 60
-    return "%s, %d %s %d %02d:%02d:%02d %s%02d%02d" % (
-        _DAYS[days % 7], day, _MONTHS[month - 1], year, secs // 3600, secs // 60 % 60,
-        secs % 60, sign, off // 60, off % 60)
-
 
 class SessionBackend:
     """What an SMTP session asks of the MTA. The CLI subclasses this; tests use
@@ -76,8 +50,7 @@ class SessionBackend:
     def banner_text(self):
         import time
         now = time.time()
-        return "%s ESMTP %s; %s" % (self.hostname, PRODUCT,
-                                    rfc5322_date(now, time.localtime(now).tm_gmtoff))
+        return "%s ESMTP %s; %s" % (self.hostname, PRODUCT, dates.rfc5322(now))
 
     def check_sender(self, addr, params):
         return None

@@ -34,6 +34,8 @@ delivery-status field or a header.
 import os
 import time
 
+from .. import dates
+
 KINDS = ("failure", "delay", "success")
 CHUNK = 65536
 
@@ -47,24 +49,8 @@ DEFAULT_MAILER_TYPES = {
 SMTP_TYPES = ("DNS", "RFC822", "SMTP")
 LOCAL_MAILERS = ("local", "prog", "*file*", "*include*", "file")
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+arpadate = dates.rfc5322
 
-
-def arpadate(t):
-    """An RFC 5322 date in local time, as Sendmail's arpadate() writes it:
-    "Thu, 26 Nov 2026 14:45:26 GMT" in UTC, else "... +0100"."""
-    lt = time.localtime(t)
-    off = lt.tm_gmtoff // 60
-    if off == 0:
-        zone = "GMT"
-    else:
-        sign = "-" if off < 0 else "+"
-        zone = "%s%02d%02d" % (sign, abs(off) // 60, abs(off) % 60)
-    return "%s, %d %s %d %02d:%02d:%02d %s" % (
-        _DAYS[lt.tm_wday], lt.tm_mday, _MONTHS[lt.tm_mon - 1], lt.tm_year,
-        lt.tm_hour, lt.tm_min, lt.tm_sec, zone)
 
 
 def interval(seconds):

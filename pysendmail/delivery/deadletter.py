@@ -24,18 +24,10 @@ copied in pieces of at most 64 KB.
 import os
 import time
 
+from .. import dates
+
 CHUNK = 65536
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def ctime(now):
-    """ctime(3) without the newline, in local time: "Thu Nov 26 14:45:26 2026"."""
-    t = time.localtime(now)
-    return "%s %s %2d %02d:%02d:%02d %d" % (_DAYS[t.tm_wday], _MONTHS[t.tm_mon - 1],
-                                            t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
-                                            t.tm_year)
+ctime = dates.ctime
 
 
 def _envelope_sender(sender):
