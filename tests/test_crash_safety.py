@@ -6,27 +6,35 @@ submission that exited 0 is delivered."
 
 Method. The installed `sendmail` runs under strace's fault injection,
     strace -f -e trace=SYSCALL -e inject=SYSCALL:signal=KILL:when=N sendmail ...
-which delivers a real SIGKILL on entry to the N-th call of SYSCALL (counted per process:
-the queue run's delivery children are killed at their own N-th call too). No hooks in
-the product. First an unkilled run is traced to count the calls; then N sweeps 1..count
-(every N for the small syscalls, a sample for chunked writes and for the interpreter's
-import-time openat calls). Scenarios: submission with -odq and -odi (two recipients,
-one an alias for two local users, a 1 MB body so writes are chunked), and the queue
-run over several queued messages for two mailboxes, as mbox and as Maildir, plus a
-queue run killed while it repairs the partial append an earlier kill left.
+which delivers a real SIGKILL on entry to the N-th call of SYSCALL, counted per process
+(the queue run's delivery children die at their own N-th call too; `-P FILE` counts
+only the calls on FILE). No hooks in the product. An unkilled run is traced first to
+count the calls; then N sweeps 1..count: every N for the small syscalls (fsync, rename,
+unlink, flock, ftruncate, fchmod, fchown, lchown, link, mkdir), a spread sample for the chunked writes
+and for openat (the instance's files, plus a few of the interpreter's imports).
 
-After each kill: a canary message is submitted (leftovers must not break submission),
-then `sendmail -q` runs (unkilled) until the queue is empty, at most 3 times, and:
+Scenarios: submission with -odq and -odi (recipients root and the alias both = root,
+daemon; a 1 MB body); submission by `nobody` through the maildrop; the queue run over
+four queued messages for root and daemon, as mbox and as Maildir; the queue run that
+picks up maildrop files; the queue run that repairs a partial mbox append; every call
+of the delivery children on the mbox dotlocks. Two deterministic cases pin a partial
+append followed by other mail for the same mailbox.
+
+After each kill: a canary message is submitted (mail keeps coming after a crash, and
+the leftovers must not hurt it), then `sendmail -q` runs unkilled until the queue is
+empty, at most 3 times, and:
   * every submission that exited 0 is in each of its recipients' mailboxes exactly once,
-    with its body byte for byte (mbox bodies are compared >From-quoted);
-  * a killed submission is in every recipient's mailbox once or in none (never partly);
-  * the mbox files are well-framed (each From_ line follows a blank line, the file
-    ends with one, Python's `mailbox` finds as many messages as there are From_ lines),
-    Maildir files carry their true size in S= and tmp/ is empty;
-  * `mailq --json` is empty and no dotlock is left behind.
+    its body byte for byte (mbox bodies compared >From-quoted);
+  * a killed submission is in every recipient's mailbox once, or in none;
+  * mbox files are well-framed (each From_ line after a blank line, a blank line at
+    the end, Python's `mailbox` counts as many messages as there are From_ lines);
+    Maildir files carry their true size in S=, tmp/ is empty;
+  * `mailq --json` is empty, no qf/hf/Qf file, no complete or .bad- maildrop file and
+    no dotlock is left. Orphans (df, tf, jf, mf, .tmp files of killed runs) are counted
+    in the printed summaries, not failed: nothing reads them again.
 A randomized variant kills `sendmail` (or its whole process group) from outside after a
-random delay. Runs as root (the second local user is `daemon`, reached through a
-delivery child that drops privileges); bounded in time: every sweep has a budget.
+random delay (CRASH_SEED=N replays a run). Root only (the second local user, daemon, is
+reached through a delivery child that drops privileges); every sweep has a time budget.
 """
 import grp
 import json
@@ -56,7 +64,7 @@ MAX_RECOVERY_RUNS = 3
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 SWEEP_SYSCALLS = ("write", "pwrite64", "fsync", "fdatasync", "rename", "renameat",
                   "renameat2", "unlink", "unlinkat", "openat", "flock", "ftruncate",
-                  "link", "linkat", "mkdir", "fchmod")
+                  "link", "linkat", "mkdir", "fchmod", "fchown", "lchown", "fchownat")
 MAILDIR_OPTS = ["-O", "MailboxFormat=maildir"]
 NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
@@ -255,6 +263,9 @@ def read_maildir(path):
     problems = []
     if not os.path.isdir(path):
         return [], problems
+    missing = [sub for sub in ("new", "cur", "tmp") if not os.path.isdir(os.path.join(path, sub))]
+    if missing:
+        return [], ["%s is incomplete: no %s" % (path, ", ".join(missing))]
     for sub in ("new", "cur"):
         for name in os.listdir(os.path.join(path, sub)):
             m = re.search(r",S=(\d+)", name)
@@ -657,11 +668,8 @@ def _kill_append_midway(bed, base, user="root", nth_write=6):
     `user` (a 1 MB message is then partly appended; the queue run itself goes on)."""
     log = os.path.join(os.path.dirname(base), "midway.log")
     box = os.path.join(base, "mail", user)
-    before = os.path.getsize(box) if os.path.exists(box) else 0
     bed.run(base, ["-q"], prefix=strace_prefix(log, "write", nth_write, box))
     assert was_killed(log), "the append to %s was not killed" % box
-    after = os.path.getsize(box)
-    assert before < after < before + BIG, "no partial append in %s (%d -> %d)" % (box, before, after)
 
 
 def _partial_q2(templates):
@@ -677,7 +685,8 @@ def _partial_q2(templates):
 
 def test_kill_queue_run_repairing_partial_append(bed, templates):
     """The retry that truncates a partial mbox append (ftruncate) and appends again,
-    killed at every step; the canary comes after the recovery runs here."""
+    killed at every step. The canary comes after the recovery runs here, so that the
+    repair itself is what is tested (see the next test for mail arriving before it)."""
     sc = Scenario("repair run mbox", ["-q"], _partial_q2(templates), canary_first=False)
     sweep(bed, sc, budget=30, required=("write", "fsync", "ftruncate", "openat", "flock"),
           write_samples=12)
