@@ -531,7 +531,8 @@ def test_file_delivery(tmp_path):
 
 # -- as root, to a real other user ------------------------------------------------------------
 
-TEST_USER = "pysm-test1"
+# One throwaway user per test process: several suites may run at once on one machine.
+TEST_USER = "pysm-test%d" % (os.getpid() % 1000000)
 
 
 @pytest.fixture
