@@ -15,6 +15,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["pysendmail", "pysendmail.*"]),
     package_data={"pysendmail": ["data/*", "config/*.lark"]},
+    data_files=[
+        ("share/man/man1", ["man/mailq.1"]),
+        ("share/man/man5", ["man/aliases.5", "man/sendmail.cf.5"]),
+        ("share/man/man8", ["man/sendmail.8", "man/newaliases.8", "man/pysendmail.8"]),
+    ],
     scripts=["bin/sendmail", "bin/mailq", "bin/newaliases", "bin/pysendmail"],
     install_requires=[
         "dnspython>=2.4",

@@ -333,10 +333,7 @@ def test_write_dsn_writes_nothing_when_no_dsn_is_due(body, tmp_path):
 
 # -- dead.letter ------------------------------------------------------------
 
-REF_DEAD = os.path.join(os.path.dirname(ROOT), "shared", "sendmail-ref", "formats",
-                        "10_dead_letter.txt")
-if not os.path.exists(REF_DEAD):
-    REF_DEAD = "/work/shared/sendmail-ref/formats/10_dead_letter.txt"
+REF_DEAD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ref", "10_dead_letter.txt")
 
 
 def test_dead_letter_matches_sendmails(tmp_path):

@@ -18,7 +18,7 @@ from pysendmail.dates import rfc5322
 from pysendmail.errors import EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, MTAError
 from pysendmail.proto.smtp_reply import Reply
 
-REF = "/work/shared/sendmail-ref/formats"
+REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ref")
 HOST = "mail.example.com"
 
 

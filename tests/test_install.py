@@ -39,12 +39,14 @@ def clean_env():
     return env
 
 
-def test_unit_file_fallback_is_the_shipped_unit():
+def test_installed_package_ships_the_unit():
     from pysendmail.cli import install
 
     with open(os.path.join(REPO, "etc", "pysendmail.service"), encoding="utf-8") as f:
         shipped = f.read()
-    assert install.UNIT_FALLBACK == shipped
+    installed = os.path.join(os.path.dirname(install.__file__), "..", "data", "pysendmail.service")
+    with open(installed, encoding="utf-8") as f:
+        assert f.read() == shipped
     assert "ExecStart=@SENDMAIL@ -bD -q1m" in shipped
     text = install.unit_text("/opt/x/bin/sendmail")
     assert "ExecStart=/opt/x/bin/sendmail -bD -q1m\n" in text and "@SENDMAIL@" not in text

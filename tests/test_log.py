@@ -16,10 +16,8 @@ from conftest import require_program
 
 PYTHON = sys.executable
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# shared/ lies beside the checkout (CI) or at /work/shared (development).
-REF = os.path.join(os.path.dirname(ROOT), "shared", "sendmail-ref", "formats", "09_syslog.txt")
-if not os.path.exists(REF):
-    REF = "/work/shared/sendmail-ref/formats/09_syslog.txt"
+# A copy of Sendmail 8.17's reference log lines (tests carry their own data).
+REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ref", "09_syslog.txt")
 
 
 def reference_lines():

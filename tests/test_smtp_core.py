@@ -18,7 +18,7 @@ from pysendmail.proto.smtp_reply import Reply
 from pysendmail.proto.smtp_server import CLOSED, ServerConfig, SMTPServerConnection
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REF = "/work/shared/sendmail-ref/formats"
+REF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "ref")
 HOST = "mail.example.com"
 QID = "6AQEjReh019814"
 

@@ -293,15 +293,12 @@ class Installer:
 
 
 def unit_text(sendmail):
-    """The systemd unit with @SENDMAIL@ replaced by the path of the installed command."""
+    """The systemd unit (shipped as package data) with @SENDMAIL@ replaced by the path
+    of the installed command."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for candidate in (os.path.join(here, "data", "pysendmail.service"),
-                      os.path.join(os.path.dirname(here), "etc", "pysendmail.service")):
-        text = _read_text(candidate)
-        if text is not None:
-            break
-    else:
-        text = UNIT_FALLBACK
+    text = _read_text(os.path.join(here, "data", "pysendmail.service"))
+    if text is None:
+        raise OSError("pysendmail/data/pysendmail.service is missing: a broken install")
     return text.replace("@SENDMAIL@", sendmail)
 
 
@@ -457,50 +454,3 @@ def main(argv, command="install"):
 def uninstall_main(argv):
     """Entry point of `pysendmail uninstall`."""
     return main(argv, command="uninstall")
-
-
-# Used only when neither pysendmail/data/pysendmail.service nor the source tree's
-# etc/pysendmail.service is there; tests/test_install.py checks it equals the latter.
-UNIT_FALLBACK = """\
-# pysendmail: the SMTP listener and queue runner of the system instance.
-# `pysendmail install` copies this unit to /etc/systemd/system with @SENDMAIL@
-# replaced by the installed `sendmail` command; enable it with
-#   systemctl enable --now pysendmail
-[Unit]
-Description=pysendmail mail transfer agent (Sendmail-compatible)
-Documentation=man:sendmail(8)
-After=network-online.target nss-lookup.target
-Wants=network-online.target
-Conflicts=postfix.service sendmail.service exim4.service
-
-[Service]
-Type=simple
-# -bD: run the daemon in the foreground; -q1m: run the queue every minute.
-ExecStart=@SENDMAIL@ -bD -q1m
-ExecReload=/bin/kill -HUP $MAINPID
-Restart=on-failure
-RestartSec=5s
-RuntimeDirectory=pysendmail
-RuntimeDirectoryPreserve=yes
-# Hardening. Local delivery writes /var/mail and users' home directories (mbox,
-# Maildir, .forward, |prog and /file deliveries), acting as the recipient, so:
-# no ProtectHome, no NoNewPrivileges (set-id helpers such as procmail or
-# dotlockfile must keep working), no ReadOnlyPaths under /var or /home.
-ProtectSystem=full
-PrivateTmp=yes
-PrivateDevices=yes
-ProtectKernelTunables=yes
-ProtectKernelModules=yes
-ProtectKernelLogs=yes
-ProtectControlGroups=yes
-ProtectClock=yes
-ProtectHostname=yes
-RestrictNamespaces=yes
-RestrictRealtime=yes
-LockPersonality=yes
-SystemCallArchitectures=native
-RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
-
-[Install]
-WantedBy=multi-user.target
-"""
