@@ -634,7 +634,7 @@ def test_kill_submission_odi(bed, templates):
 def test_kill_queue_run_mbox(bed, templates):
     """sendmail -q over four messages for root and daemon (mbox)."""
     sc = Scenario("queue run mbox", ["-q"], _from_template(templates, "mbox"))
-    sweep(bed, sc, budget=50, write_samples=24)
+    sweep(bed, sc, budget=70, write_samples=24)
 
 
 def test_kill_queue_run_maildir(bed, templates):
@@ -690,7 +690,7 @@ def test_kill_queue_run_repairing_partial_append(bed, templates):
     killed at every step. The canary comes after the recovery runs here, so that the
     repair itself is what is tested (see the next test for mail arriving before it)."""
     sc = Scenario("repair run mbox", ["-q"], _partial_q2(templates), canary_first=False)
-    sweep(bed, sc, budget=30, required=("write", "fsync", "ftruncate", "openat", "flock"),
+    sweep(bed, sc, budget=40, required=("write", "fsync", "ftruncate", "openat", "flock"),
           write_samples=12)
 
 
