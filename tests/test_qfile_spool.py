@@ -393,3 +393,35 @@ def test_body_size_and_missing_directory(tmp_path):
     assert spool.body_size(qid) == 5
     assert spool.body_size("NOSUCHQUEUEID0") == 0
     assert Spool(str(tmp_path / "absent")).entries() == []
+
+
+def test_sweep_orphans_removes_only_old_leftovers(tmp_path):
+    """What killed processes leave (an uncommitted df, tf, .tmp, journals of gone
+    messages, pickup markers) is removed once older than the grace time; a committed
+    message, a locked df being written and young files are kept."""
+    import fcntl
+    import time as _time
+
+    spool = Spool(str(tmp_path / "q"))
+    spool.ensure()
+    qid, fd = spool.allocate()
+    spool.commit(Envelope(qid=qid, sender="a@b", recipients=[Recipient("root")]), fd)
+    os.close(fd)
+    writing, wfd = spool.allocate()              # a submission still writing: locked
+    names = ["dfORPHAN00000001", "tfORPHAN00000001", ".tmp.1.qfX", "jfGONE0000000001.0",
+             "jf%s.0" % qid, "mfdrop.1"]
+    for name in names:
+        with open(os.path.join(spool.path, name), "w") as f:
+            f.write("x")
+    old = _time.time() - 7200
+    for name in os.listdir(spool.path):
+        os.utime(os.path.join(spool.path, name), (old, old))
+    young = os.path.join(spool.path, "dfYOUNG000000001")
+    with open(young, "w") as f:
+        f.write("x")
+    removed = spool.sweep_orphans(_time.time())
+    assert sorted(removed) == sorted(["dfORPHAN00000001", "tfORPHAN00000001", ".tmp.1.qfX",
+                                      "jfGONE0000000001.0", "mfdrop.1"])
+    left = set(os.listdir(spool.path))
+    assert {"qf" + qid, "df" + qid, "jf%s.0" % qid, "df" + writing, "dfYOUNG000000001"} <= left
+    os.close(wfd)

@@ -58,6 +58,8 @@ class QueueRun:
             pickup_all(self.layout, self.options, self.ident, self.log)
         spool = Spool(self.layout.queue)
         now = int(time.time())
+        for name in spool.sweep_orphans(now):
+            self.log.info(None, "removed %s left by an interrupted process" % name)
         todo = []
         for qid, state in spool.entries(include_held=include_held):
             if state == "held" and not include_held:

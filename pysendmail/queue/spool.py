@@ -229,6 +229,51 @@ class Spool:
         os.close(fd)
         return False
 
+    # -- housekeeping ------------------------------------------------------------------------
+    def sweep_orphans(self, now, grace=3600):
+        """Remove what crashed processes left behind, once it is older than `grace`:
+        a df with no control file and no lock holder (a submission killed before its
+        commit), tf and .tmp files (control files never renamed), journals and pickup
+        markers of messages that are gone. Returns the names removed."""
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        present = set(names)
+        removed = []
+        for name in names:
+            path = os.path.join(self.path, name)
+            try:
+                age = now - os.lstat(path).st_mtime
+            except FileNotFoundError:
+                continue
+            if age < grace:
+                continue
+            prefix, rest = name[:2], name[2:]
+            orphan = False
+            if prefix == "df":
+                if "qf" + rest not in present and "hf" + rest not in present:
+                    fd = self.lock(rest)
+                    if fd is not None:          # nobody is writing it
+                        os.close(fd)
+                        orphan = True
+            elif prefix == "tf" or name.startswith(".tmp.") or name.startswith(".dsn."):
+                orphan = True
+            elif prefix == "jf":
+                qid = rest.rsplit(".", 1)[0]
+                orphan = "df" + qid not in present
+            elif prefix == "mf":
+                orphan = True       # a pickup marker: live ones last seconds, not an hour
+            if orphan:
+                try:
+                    os.unlink(path)
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass
+        if removed:
+            fsync_dir(self.path)
+        return removed
+
     # -- listing -----------------------------------------------------------------------------
     def entries(self, include_held=True):
         """(qid, state) for every queued message, in directory order."""
