@@ -121,9 +121,13 @@ def _create_lock(lock):
                 raise
             fd = None  # file system without O_TMPFILE
         if fd is not None:
+            procfd = None
             try:
                 os.write(fd, content)
-                os.link("/proc/self/fd/%d" % fd, lock)
+                procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                # linkat(procfd, "N", AT_FDCWD, lock, AT_SYMLINK_FOLLOW): the dir fd
+                # makes Python use linkat with the flag (plain link() would not follow)
+                os.link(str(fd), lock, src_dir_fd=procfd, follow_symlinks=True)
                 return
             except FileExistsError:
                 raise
@@ -132,6 +136,8 @@ def _create_lock(lock):
                     raise
             finally:
                 os.close(fd)
+                if procfd is not None:
+                    os.close(procfd)
     fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, content)
