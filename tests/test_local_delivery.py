@@ -874,3 +874,41 @@ def test_dovecot_reads_what_we_deliver(tmp_path, fmt, other_user, open_base):
             msg = _quoted(msg if msg.endswith(b"\n") else msg + b"\n")
         crlf = msg.replace(b"\n", b"\r\n")
         assert b"RFC822.SIZE %d BODY[] {%d}\r\n" % (len(crlf), len(crlf)) + crlf in out, (crlf, out)
+
+
+# -- SIGKILL at the N-th system call (strace fault injection), then run again -----------------
+
+SWEEP = [("write", n) for n in range(1, 13)] + [("fsync", n) for n in (1, 2, 3, 4)] + \
+    [("linkat", 1), ("linkat", 2), ("rename", 1), ("rename", 2), ("ftruncate", 1),
+     ("unlink", 1), ("unlink", 2)]
+
+
+def test_killed_at_each_syscall_exactly_once(tmp_path):
+    """Each delivery is killed (SIGKILL from strace, in the runner and in its delivery
+    child alike) at its N-th call of a syscall; a plain retry must then leave exactly one
+    whole copy, repair partial appends, and leave no dotlock."""
+    from conftest import require_program
+    strace = require_program("strace")
+    script = KILL_SCRIPT % {"repo": REPO, "base": str(tmp_path), "opts": {}}
+    body = b"".join(b"line %06d\nFrom x %d\n" % (i, i) for i in range(20000))
+    msgs = []
+    outcomes = set()
+    for sc, n in SWEEP:
+        env, spool, lay = _queue(tmp_path, body=body)
+        msgs.append(env)
+        killed = subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + sc,
+                                 "-e", "inject=%s:signal=KILL:when=%d" % (sc, n),
+                                 PY, "-c", script, env.qid], capture_output=True, timeout=120)
+        again = subprocess.run([PY, "-c", script, env.qid], capture_output=True, timeout=120)
+        assert again.stdout.startswith(b"2.0.0"), (sc, n, killed, again)
+        outcomes.add(b"partial" in again.stderr)
+    path = os.path.join(lay.mail_dir, ME)
+    box = mailbox.mbox(path, create=False)
+    try:
+        got = [box.get_bytes(k) for k in box.keys()]
+    finally:
+        box.close()
+    assert len(got) == len(msgs)
+    assert got == [_quoted(_message(e, body)) for e in msgs]
+    assert outcomes == {True, False}  # some kills did cut an append short, and were repaired
+    assert not os.path.exists(path + ".lock")
