@@ -6,11 +6,12 @@ as ">From ", and a blank line at the end. A mailbox whose last message lacks tha
 blank line gets one (or two newlines) first, so the new "From " line starts a message.
 
 Locking, all held together while appending (so every reader's convention is honoured):
-a dotlock PATH.lock (created O_EXCL, holding "PID HOST"; stale after 5 minutes, or at
-once when it names a process of this host that no longer exists, as after a kill -9;
-skipped with a log line where the directory is not writable to us), an fcntl lock (lockf, F_SETLK on the whole
-file) and a flock lock. Each is tried without blocking and retried until a bounded
-deadline; a mailbox that stays locked is a temporary failure.
+a dotlock PATH.lock holding "PID HOST" (made atomically: O_TMPFILE then linkat, else
+O_EXCL; stale after 5 minutes, or at once when it names a process of this host that
+is gone, as after a kill -9; skipped with a log line where the directory is not
+writable to us), an fcntl lock (lockf: F_SETLK on the whole file) and a flock lock.
+Each is tried without blocking and retried until a bounded deadline (option
+Timeout.mailboxlock, 60 s); a mailbox that stays locked is a temporary failure (4.2.0).
 
 Safety: the file is opened with O_NOFOLLOW (a symlink is refused) and checked through
 fstat on the open descriptor: a regular file with exactly one link, plus the caller's
