@@ -118,6 +118,11 @@ class Installer:
         if not os.path.lexists(self.p(ALIASES)):
             steps.append(Step("write %s with 'postmaster: root'" % ALIASES,
                               lambda: _write_file(self.p(ALIASES), ALIASES_TEXT, 0o644)))
+        from . import launchers
+        stale = launchers.rewrite(self.bindir, dry_run=True)
+        if stale:
+            steps.append(Step("rewrite the launchers in %s to start Python with -IS" % self.bindir,
+                              lambda: launchers.rewrite(self.bindir)))
         manifest = self.load_manifest()
         for path, command in LINKS:
             step = self.link_step(path, os.path.join(self.bindir, command), manifest)

@@ -9,7 +9,7 @@ import sys
 
 from ..errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, MTAError, UsageError
 
-SUBCOMMANDS = ("install", "uninstall")
+SUBCOMMANDS = ("install", "uninstall", "launchers")
 
 
 def _out(text, fd=1):
@@ -21,6 +21,9 @@ def main(argv=None):
     prog = os.path.basename(argv[0]) if argv else "sendmail"
     args = argv[1:]
     if prog == "pysendmail":
+        if args and args[0] == "launchers":
+            from . import launchers
+            return launchers.main(args[1:])
         if args and args[0] in SUBCOMMANDS:
             from . import install
             return install.main([args[0]] + args[1:])
