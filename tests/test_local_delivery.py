@@ -664,8 +664,16 @@ def test_private_instance_as_plain_user(other_user, open_base):
 KILL_SCRIPT = """
 import os, sys
 sys.path.insert(0, %(repo)r)
-from pysendmail import layout
+from pysendmail import layout, log
 from pysendmail.delivery.local import deliver
+
+
+class StderrLogger:
+    def __getattr__(self, severity):
+        return lambda qid, text: sys.stderr.write("%%s: %%s\\n" %% (severity, text))
+
+
+log.set_default(StderrLogger())
 from pysendmail.queue.spool import Spool
 lay = layout.for_root(%(base)r)
 spool = Spool(lay.queue)

@@ -45,6 +45,7 @@ class QueueRun:
         self.verbose = verbose
         self.out = out
         self.followups = []      # DSNs queued during this run, delivered right after
+        logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
         if self.verbose:

@@ -30,19 +30,19 @@ Options read: MailboxFormat (mbox | maildir), MaildirPath, DefaultUser, Timeout.
 and Timeout.mailboxlock (ours: how long to wait for a locked mailbox, default 60s).
 """
 import grp
-import logging
 import os
 import pwd
 import stat
 import time
 
+from ..log import Channel
 from ..model import DeliveryStatus
 from . import journal as journal_mod
 from . import maildir as maildir_mod
 from . import mbox
 from . import prog
 
-log = logging.getLogger("pysendmail.delivery")
+log = Channel()
 
 CHUNK = 65536
 

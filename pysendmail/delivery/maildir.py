@@ -16,7 +16,6 @@ and drops privileges first when the MTA is root), so it trusts the user's own tr
 """
 import errno
 import os
-import socket
 import time
 
 from ..model import DeliveryStatus
@@ -25,7 +24,7 @@ CHUNK = 65536
 
 
 def _host():
-    host = socket.gethostname() or "localhost"
+    host = os.uname().nodename or "localhost"
     return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
 
 

@@ -27,10 +27,8 @@ mid-run is run again on the next attempt (as with Sendmail).
 import grp
 import os
 import pwd
-import selectors
 import signal
 import stat
-import subprocess
 import time
 
 from ..errors import EX_NOUSER, EX_OK, EX_TEMPFAIL, EXIT_DSN, EXIT_TEXT
@@ -130,6 +128,7 @@ def status_for_exit(code, output=b""):
 
 def deliver_prog(command, source, sender, owner, options):
     """Run `command` with the message on stdin. Returns a DeliveryStatus."""
+    import subprocess           # only prog deliveries pay for subprocess and selectors
     command = command[1:] if command.startswith("|") else command
     if not command.strip():
         return DeliveryStatus("5.3.5", "empty program")
@@ -159,6 +158,7 @@ def deliver_prog(command, source, sender, owner, options):
 
 
 def _feed(proc, chunks, deadline):
+    import selectors
     """Write the message to stdin while keeping the output; (output, timed_out)."""
     sel = selectors.DefaultSelector()
     out = proc.stdout
