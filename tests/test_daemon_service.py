@@ -249,3 +249,63 @@ def test_daemon_under_a_long_root(sm_bin, tmp_path):
         assert wait_for(lambda: len(inst.messages("root")) == 1, 3)
     finally:
         d.stop()
+
+
+# ---- the submit socket (cli.relay -> daemon.submitd) ----------------------------------------
+
+def _from_pids(text):
+    """The pids of the processes that logged a from= line."""
+    import re
+    return {int(m.group(1)) for m in re.finditer(r"sendmail\[(\d+)\]: \w+: from=", text)}
+
+
+def test_submissions_go_through_the_service_socket(daemon_factory, sm_root):
+    """With the service running for the caller's own instance, `sendmail` hands the message
+    to it over <root>/spool/public/submit (0600): the service logs the from= line, and the
+    command's exit status and messages are the service's answer."""
+    d = daemon_factory()
+    sub = os.path.join(sm_root.path, "spool", "public", "submit")
+    st = os.stat(sub)
+    assert st.st_mode & 0o777 == 0o600 and st.st_uid == os.geteuid()
+    sm_root.run(["-odq", "root"], input=MSG, check=True)
+    assert len(_queued(sm_root)) == 1
+    assert wait_for(lambda: d.proc.pid in _from_pids(d.log_text()), 3), d.log_text()
+    # -odi: delivered before the answer comes back
+    proc = sm_root.run(["-odi", "root"], input=b"Subject: odi via service\n\nbody\n", check=True)
+    assert [m["Subject"] for m in sm_root.messages("root")] == ["odi via service"]
+    # an error is told and the status passed through, as without the service
+    home = os.path.join(sm_root.path, "home")
+    os.makedirs(home, exist_ok=True)
+    env = dict(sm_root.env, HOME=home)
+    proc = subprocess.run([sm_root.command(), "-odq", "nosuchuser"], input=MSG, env=env,
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 67
+    assert proc.stdout.decode().splitlines() == [
+        "nosuchuser... User unknown",
+        "%s/dead.letter... Saved message in %s/dead.letter" % (home, home)]
+    assert os.path.exists(os.path.join(home, "dead.letter"))
+
+
+def test_a_stale_submit_socket_falls_back_to_direct_submission(sm_root):
+    """A socket left by a dead service refuses connections: the command submits directly."""
+    sub = os.path.join(sm_root.path, "spool", "public", "submit")
+    os.makedirs(os.path.dirname(sub), exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(sub)
+    s.close()                       # bound, never listening: connect() is refused
+    os.chmod(sub, 0o600)
+    sm_root.run(["-odq", "root"], input=MSG, check=True)
+    assert len(_queued(sm_root)) == 1
+
+
+def test_a_large_message_through_the_service_is_kept_whole(daemon_factory, sm_root):
+    """10 MB through the socket: queued byte for byte, the service's memory stays flat."""
+    d = daemon_factory()
+    body = b"".join(b"line %07d of a large body\n" % i for i in range(400000))
+    sm_root.run(["-odq", "root"], input=b"Subject: big\n\n" + body, check=True)
+    (qf,) = _queued(sm_root)
+    with open(os.path.join(sm_root.path, "spool", "queue", "df" + qf[2:]), "rb") as f:
+        assert f.read() == body
+    with open("/proc/%d/status" % d.proc.pid) as f:
+        rss = [int(l.split()[1]) for l in f if l.startswith("VmHWM:")][0]
+    assert rss < 40 * 1024, "service peak RSS %d KiB" % rss

@@ -2,9 +2,11 @@
 command line and run the asked-for mode.
 
 Imports are lazy: the default mode (-bm, submission) loads only what it needs,
-because cron and PHP pay this start-up on every message.
+because cron and PHP pay this start-up on every message. When the instance's service
+runs and belongs to the caller, a submission is handed to it over its socket
+(cli.relay) before anything else is imported: not even `os`.
 """
-import os
+import posix
 import sys
 
 from ..errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, MTAError, UsageError
@@ -13,12 +15,12 @@ SUBCOMMANDS = ("install", "uninstall", "launchers")
 
 
 def _out(text, fd=1):
-    os.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
+    posix.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
 
 
 def main(argv=None):
     argv = list(sys.argv if argv is None else argv)
-    prog = os.path.basename(argv[0]) if argv else "sendmail"
+    prog = argv[0].rpartition("/")[2] if argv else "sendmail"
     args = argv[1:]
     if prog == "pysendmail":
         if args and args[0] == "launchers":
@@ -39,6 +41,11 @@ def main(argv=None):
         _out(e.message, 2 if " -- " in e.message else 1)
         return e.status
     inv.json = json_out
+    if inv.mode == "m" and not inv.queue_run and inv.cf is None:
+        from .relay import submit_to_service
+        status = submit_to_service(argv, inv)
+        if status is not None:
+            return status
     try:
         return _run(inv)
     except MTAError as e:
@@ -53,9 +60,9 @@ def main(argv=None):
 def _login():
     import pwd
     try:
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(posix.getuid()).pw_name
     except KeyError:
-        return "uid%d" % os.getuid()
+        return "uid%d" % posix.getuid()
 
 
 def _setup(inv):

@@ -91,9 +91,14 @@ class Submission:
         self.quiet = False    # -bs: nothing but SMTP replies may reach stdout
         self.rcpt_params = {} # -bs: ESMTP parameters of each RCPT (NOTIFY, ORCPT)
         self.qid = None
+        self.output = None    # a list: collect stdout lines instead (the service's relay)
+        self.home = None      # the caller's $HOME when it is not ours (the relay)
 
     def say(self, line):
         if self.quiet:
+            return
+        if self.output is not None:
+            self.output.append(line)
             return
         os.write(1, (line + "\n").encode("utf-8", "surrogateescape"))
 
@@ -347,7 +352,7 @@ class Submission:
 
     def _dead_letter_path(self):
         """$HOME/dead.letter when $HOME is the caller's own directory, else the passwd home."""
-        home = os.environ.get("HOME")
+        home = self.home if self.home is not None else os.environ.get("HOME")
         try:
             if home and os.path.isabs(home) and os.stat(home).st_uid == self.caller.uid:
                 return os.path.join(home, "dead.letter")

@@ -6,6 +6,9 @@ the pickup socket (a datagram on <spool>/public/pickup) and at least every queue
 interval, moves maildrop files into the queue and delivers what is due. The SMTP
 listeners join this loop when the SMTP daemon lands.
 
+Queue runs happen in a child process, one at a time, so the loop keeps taking
+submissions on the submit socket (cli.relay) while mail is delivered.
+
 Signals: SIGTERM/SIGINT finish the current message and exit; SIGHUP re-reads the
 configuration (a bad one is logged and the old one kept). Runs as root for the
 system instance: local delivery must act as each recipient.
@@ -38,6 +41,8 @@ class Service:
         self.stop = False
         self.reload = False
         self.sock = None
+        self.runner = 0          # pid of the queue-run child, 0 when none runs
+        self.rerun = False
 
     def _bind(self):
         import _socket
@@ -54,6 +59,23 @@ class Service:
         os.chmod(path, 0o666)
         s.setblocking(False)
         self.sock = s
+        # The submit socket of cli.relay: stream, 0600, for the service's own uid.
+        path = self.layout.submit_socket
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        import socket
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            with short_socket_path(path) as usable:
+                listener.bind(usable)
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        listener.setblocking(False)
+        self.listener = listener
         # Signals wake the select() at once (PEP 475 would otherwise resume it).
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self.wake_w)
@@ -85,19 +107,76 @@ class Service:
             self.log.err(None, "configuration not reloaded, keeping the old one: %s" % e.message)
 
     def run_once(self):
-        from .queuerun import QueueRun
-        run = QueueRun(self.layout, self.options, self.ident, self.log)
-        run.run(force=False)
+        """Start a queue run in a child process (as Sendmail does), so that the loop stays
+        free to take submissions; at most one runs at a time, a wake-up during it is
+        remembered and served when it ends."""
+        if self.runner:
+            self.rerun = True
+            return
+        pid = os.fork()
+        if pid:
+            self.runner = pid
+            return
+        status = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            from .queuerun import QueueRun
+            QueueRun(self.layout, self.options, self.ident, self.log).run(force=False)
+        except BaseException as e:
+            self.log.err(None, "queue run failed: %r" % (e,))
+            status = 1
+        os._exit(status)
+
+    def _reap(self):
+        while self.runner:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.runner = 0
+                break
+            if pid == 0:
+                break
+            if pid == self.runner:
+                self.runner = 0
+                if self.rerun:
+                    self.rerun = False
+                    self.run_once()
+
+    def _serve_submissions(self):
+        """Take every pending connection on the submit socket, one after the other."""
+        import socket
+        import struct
+        from .submitd import handle
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            try:
+                # Blocking, as the submission role reads it with os.read; a stalled
+                # client times out after 5 minutes (SO_RCVTIMEO) instead of hanging us.
+                conn.setblocking(True)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 300, 0))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 300, 0))
+                handle(conn, self.layout, self.options, self.ident, self.log)
+            except OSError as e:
+                self.log.warning(None, "submit socket: %s" % e)
+            finally:
+                conn.close()
 
     def serve(self):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)   # wakes select()
         self._bind()
         self._write_pid()
         self.log.info(None, "starting daemon (pysendmail): queueing@%ds" % self.interval)
         next_run = 0
         try:
             while not self.stop:
+                self._reap()
                 if self.reload:
                     self.reload = False
                     self._reload()
@@ -107,8 +186,8 @@ class Service:
                     woke = True
                 else:
                     try:
-                        ready, _, _ = select.select([self.sock, self.wake_r], [], [],
-                                                    min(next_run - now, 5))
+                        ready, _, _ = select.select([self.sock, self.wake_r, self.listener],
+                                                    [], [], min(next_run - now, 5))
                     except InterruptedError:
                         continue
                     if self.wake_r in ready:
@@ -120,6 +199,9 @@ class Service:
                         ready = [r for r in ready if r is not self.wake_r]
                         if self.stop or self.reload:
                             continue
+                    if self.listener in ready:
+                        self._serve_submissions()
+                        ready = [r for r in ready if r is not self.listener]
                     if ready:
                         try:
                             while self.sock.recv(64):
@@ -132,10 +214,16 @@ class Service:
                     if time.monotonic() >= next_run:
                         next_run = time.monotonic() + self.interval
         finally:
-            try:
-                os.unlink(self.layout.pickup_socket)
-            except OSError:
-                pass
+            if self.runner:
+                try:
+                    os.waitpid(self.runner, 0)      # let the current run finish its message
+                except ChildProcessError:
+                    pass
+            for path in (self.layout.pickup_socket, self.layout.submit_socket):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             try:
                 os.unlink(self.layout.pid_file)
             except OSError:

@@ -1,0 +1,97 @@
+"""The submission client: hand a message to the instance's running service.
+
+When `sendmail -bm` finds the service's submit socket (<spool>/public/submit) and
+the socket belongs to the caller's own uid, it sends its argv and $HOME, streams
+stdin, and waits for the service's answer: the exit status and what to print. The
+service runs the same submission role (cli.submit) with everything already
+imported, and answers only after the durable commit, so the contract ("exit 0 means
+the message is on disk") is unchanged. This is Postfix's postdrop/pickup idea, and
+it is what makes a submission cost little more than the interpreter's start: this
+module imports only the builtins `posix` and `_socket`.
+
+Anything else (no service, a socket of another uid, a refused connection) returns
+None before a byte of the message is read, and the caller submits directly.
+
+Wire format (sans-I/O helpers below, used by both ends):
+    request:  b"PSMSUB1 " + 8-digit length + b"\\n" + netstrings (argv..., "HOME=...")
+              then the message bytes until the client shuts down its write side
+    answer:   b"<status> <length>\\n" + that many bytes of output for stdout
+"""
+import posix
+
+MAGIC = b"PSMSUB1 "
+EX_OSERR = 71
+
+
+def netstrings(items):
+    return b"".join(b"%d:%s," % (len(i), i) for i in items)
+
+
+def parse_netstrings(data):
+    items = []
+    pos = 0
+    while pos < len(data):
+        colon = data.index(b":", pos)
+        n = int(data[pos:colon])
+        start = colon + 1
+        if data[start + n:start + n + 1] != b",":
+            raise ValueError("bad netstring")
+        items.append(data[start:start + n])
+        pos = start + n + 1
+    return items
+
+
+def encode_request(argv, home):
+    body = netstrings([a.encode("utf-8", "surrogateescape") for a in argv] +
+                      [b"HOME=" + home.encode("utf-8", "surrogateescape")])
+    return MAGIC + b"%08d\n" % len(body) + body
+
+
+def submit_to_service(argv, inv):
+    """Submit through the service; returns the exit status, or None to submit directly."""
+    from .. import layout as layoutmod
+    lay = layoutmod.current()
+    path = lay.submit_socket
+    try:
+        st = posix.stat(path)
+    except OSError:
+        return None
+    if st.st_uid != posix.geteuid() or st.st_mode & 0o170000 != 0o140000:
+        return None
+    import _socket
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        s.close()
+        return None
+    try:
+        s.sendall(encode_request(argv, layoutmod.getenv("HOME") or ""))
+        while True:
+            data = posix.read(0, 65536)
+            if not data:
+                break
+            s.sendall(data)
+        s.shutdown(_socket.SHUT_WR)
+        answer = b""
+        while b"\n" not in answer:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise ConnectionError("no answer")
+            answer += chunk
+        head, _, rest = answer.partition(b"\n")
+        status, length = (int(x) for x in head.split())
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+    except (OSError, ValueError):
+        posix.write(2, b"sendmail: the submission service failed; the message was not queued\n")
+        return EX_OSERR
+    finally:
+        s.close()
+    view = memoryview(rest)
+    while view:
+        view = view[posix.write(1, view):]
+    return status

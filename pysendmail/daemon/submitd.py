@@ -1,0 +1,89 @@
+"""The service's side of cli.relay: take a submission over the submit socket.
+
+Each connection carries one `sendmail -bm` invocation: its argv, $HOME, then the
+message. It is run through the ordinary submission role (cli.submit) with the
+message read straight from the socket, so a 50 MB message needs no more memory
+than from stdin; the answer (exit status and the text the command would print) is
+sent after the durable commit.
+
+Security stance: the socket is 0600 and owned by the service's uid, and a peer
+whose SO_PEERCRED uid is not the service's own is refused: other users submit
+through the maildrop, whose pickup trusts only the file owner.
+"""
+import os
+import struct
+
+from ..cli import relay
+
+MAX_PREAMBLE = 1 << 20
+
+
+class _Reader:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def exactly(self, n):
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("short request")
+            data += chunk
+        return data
+
+
+def peer_uid(sock):
+    import socket
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def handle(sock, layout, options, ident, log):
+    """Serve one connection; closes nothing (the caller does)."""
+    from ..cli import cmdline
+    from ..cli.submit import Submission
+    from ..errors import EX_NOPERM, EX_SOFTWARE, EX_USAGE, MTAError, UsageError
+    from ..config import options as optmod
+
+    def answer(status, text=b""):
+        sock.sendall(b"%d %d\n" % (status, len(text)) + text)
+
+    if peer_uid(sock) != os.geteuid():
+        answer(EX_NOPERM, b"sendmail: submit socket: permission denied\n")
+        return
+    r = _Reader(sock)
+    head = r.exactly(len(relay.MAGIC) + 9)
+    if not head.startswith(relay.MAGIC):
+        answer(EX_USAGE, b"sendmail: submit socket: not a submission\n")
+        return
+    length = int(head[len(relay.MAGIC):-1])
+    if length > MAX_PREAMBLE:
+        answer(EX_USAGE, b"sendmail: submit socket: request too large\n")
+        return
+    items = [i.decode("utf-8", "surrogateescape") for i in relay.parse_netstrings(r.exactly(length))]
+    home = items.pop()[len("HOME="):]
+    argv = items
+    prog = argv[0].rpartition("/")[2] if argv else "sendmail"
+    try:
+        inv = cmdline.parse(argv[1:], "sendmail" if prog == "pysendmail" else prog)
+        for name in inv.options:
+            optmod.check_name(name)
+    except MTAError as e:
+        answer(e.status, (e.message + "\n").encode("utf-8", "surrogateescape"))
+        return
+    opts = dict(options)
+    opts.update(inv.options)
+    sub = Submission(inv, layout, opts, ident, log, stdin_fd=sock.fileno())
+    sub.output = []
+    sub.home = home
+    try:
+        status = sub.run()
+    except MTAError as e:
+        sub.output.append(e.message)
+        status = e.status
+    except Exception as e:                      # a bug: say so, keep serving
+        log.err(None, "submit socket: internal error: %r" % (e,))
+        sub.output.append("sendmail: internal error")
+        status = EX_SOFTWARE
+    text = "".join(line + "\n" for line in sub.output)
+    answer(status, text.encode("utf-8", "surrogateescape"))
