@@ -12,6 +12,10 @@ Cases, timed interleaved round by round by proc_time.run_interleaved:
   e  <venv python> -c pass             CPython floor with site
   f  <venv python> -I -S -c pass       CPython floor as the shim starts it
   g  <venv python> -I -S -c "import pysendmail.cli.main"  (start-up + imports only)
+  s  b with the instance's service running (`sendmail -bD`): the command hands the
+     message to it over the submit socket (cli.relay), the production set-up
+  t  d with the service running (the service forks the delivering child)
+  u  c with the service running (the service delivers before it answers)
   h  b through an "ideal" shim the bench writes (target.IdealShim): `#!<venv python> -IS`,
      the venv's site-packages appended by absolute path, then pysendmail.cli.main. The
      installed shim can differ: pip rewrites `#!python -I -S` to `#!<venv python>` (flags
@@ -25,7 +29,9 @@ Targets (issue 2): b, c and d median wall time <= 1.25x case a in the same run;
 peak RSS <= 12 MiB.
 """
 import os
+import subprocess
 import tempfile
+import time
 
 import mkmsg
 import proc_time
@@ -46,6 +52,34 @@ def preflight(case, timeout=30.0):
     return code, err[-1500:]
 
 
+class Service:
+    """`sendmail -bD -q1h` for one instance, started before the rounds, stopped after."""
+
+    def __init__(self, inst):
+        self.inst = inst
+        self.proc = None
+
+    def start(self):
+        sock = os.path.join(self.inst.root, "spool", "public", "submit")
+        self.proc = subprocess.Popen(self.inst.argv("-bD", "-q1h"), env=self.inst.env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not os.path.exists(sock):
+            raise RuntimeError("the service of %s did not start" % self.inst.root)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def build_cases(ctx):
     """The case list; ctx carries paths and knobs (see benchmain.Context)."""
     msg = os.path.join(ctx.work, "msg2k.txt")
@@ -58,6 +92,10 @@ def build_cases(ctx):
     odi = Instance(venv, os.path.join(roots, "odi"))
     odb = Instance(venv, os.path.join(roots, "odb"))
     odq_is = Instance(venv, os.path.join(roots, "odq-IS"))
+    s_odq = Instance(venv, os.path.join(roots, "svc-odq"))
+    s_odb = Instance(venv, os.path.join(roots, "svc-odb"))
+    s_odi = Instance(venv, os.path.join(roots, "svc-odi"))
+    ctx.services = [Service(i) for i in (s_odq, s_odb, s_odi)]
     ideal = IdealShim(venv, os.path.join(ctx.work, "ideal"))
     py = venv.python
     sp = venv.site_packages()
@@ -79,6 +117,15 @@ def build_cases(ctx):
                        settle=odb.settle, count=odb.delivered, clean=odb.clean,
                        note="effect = messages delivered by the background child; the harness "
                             "waits (untimed) for the queue to empty after each run"),
+        proc_time.Case("s", "pysendmail -odq, service running (submit socket)",
+                       s_odq.argv("-odq", "-t", "-i"), msg, s_odq.env, count=s_odq.queued,
+                       clean=s_odq.clean, note="effect = control files queued by the service"),
+        proc_time.Case("t", "pysendmail default, service running", s_odb.argv("-t", "-i"), msg,
+                       s_odb.env, settle=s_odb.settle, count=s_odb.delivered, clean=s_odb.clean,
+                       note="effect = messages delivered by the service's child"),
+        proc_time.Case("u", "pysendmail -odi, service running", s_odi.argv("-odi", "-t", "-i"), msg,
+                       s_odi.env, settle=s_odi.settle, count=s_odi.delivered, clean=s_odi.clean,
+                       note="effect = messages in the private mailbox, delivered by the service"),
         proc_time.Case("e", "python -c pass (venv, site)", [py, "-c", "pass"], None, BASE_ENV),
         proc_time.Case("f", "python -I -S -c pass (CPython floor)", [py, "-I", "-S", "-c", "pass"], None,
                        BASE_ENV),
@@ -93,6 +140,9 @@ def run(ctx):
     pf, cases, msg = build_cases(ctx)
     ctx.log(f"submit: starting private postfix in {pf.dir}")
     pf.start()
+    for svc in ctx.services:
+        svc.inst.clean()
+        svc.start()
     try:
         kept, failed = [], []
         for c in cases:
@@ -113,6 +163,8 @@ def run(ctx):
                                          clean_every=10, max_seconds=ctx.max_seconds, log=ctx.log)
     finally:
         pf.stop()
+        for svc in ctx.services:
+            svc.stop()
     by = {c.key: c for c in kept}
     refs = {"postfix": by.get("a"), "python_IS": by.get("f")}
     results = [proc_time.summary(c, refs) for c in kept]
@@ -176,7 +228,7 @@ def report(data):
     ref = next((r for r in data["results"] if r["key"] == "a"), None)
     ref_cpu = (ref["user_ms_median"] + ref["sys_ms_median"]) if ref else None
     for r in data["results"]:
-        if r["key"] not in ("b", "c", "d", "h"):
+        if r["key"] not in ("b", "c", "d", "h", "s", "t", "u"):
             continue
         rp = r["ratios"].get("postfix") or {}
         paired = rp.get("paired") or 0

@@ -93,6 +93,8 @@ class Submission:
         self.qid = None
         self.output = None    # a list: collect stdout lines instead (the service's relay)
         self.home = None      # the caller's $HOME when it is not ours (the relay)
+        self.defer_background = False  # the relay: answer first, then start_background()
+        self.pending = None
 
     def say(self, line):
         if self.quiet:
@@ -396,8 +398,8 @@ class Submission:
             if df_fd is not None:
                 os.close(df_fd)
             return self.status
-        from ..daemon.queuerun import QueueRun
         if mode == "i":
+            from ..daemon.queuerun import QueueRun
             run = QueueRun(self.layout, self.options, self.ident, self.log, verbose=self.inv.verbose)
             run.followups.extend(self.followups)
             if qid is not None:
@@ -410,10 +412,29 @@ class Submission:
                 return result
             return self.status
         # background: the parent reports success now; a detached child delivers.
+        if self.defer_background:
+            self.pending = (spool, qid, df_fd)
+            return self.status
+        return self._fork_delivery(spool, qid, df_fd)
+
+    def start_background(self):
+        """Fork the delivery that -odb deferred (the service calls it after answering)."""
+        if self.pending is not None:
+            spool, qid, df_fd = self.pending
+            self.pending = None
+            self._fork_delivery(spool, qid, df_fd)
+
+    def _fork_delivery(self, spool, qid, df_fd):
+        """A detached grandchild delivers; the first child exits at once and is reaped
+        here (the service is long-running: no zombies)."""
         pid = os.fork()
         if pid:
             if df_fd is not None:
                 os.close(df_fd)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
             return self.status
         try:
             os.setsid()
@@ -423,6 +444,7 @@ class Submission:
             os.close(null)
             if os.fork():
                 os._exit(0)
+            from ..daemon.queuerun import QueueRun
             run = QueueRun(self.layout, self.options, self.ident, self.log)
             run.followups.extend(self.followups)
             if qid is not None:

@@ -130,7 +130,8 @@ class Service:
         os._exit(status)
 
     def _reap(self):
-        while self.runner:
+        """Reap every child that ended (queue runs, and anything else forked)."""
+        while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:

@@ -76,6 +76,7 @@ def handle(sock, layout, options, ident, log):
     sub = Submission(inv, layout, opts, ident, log, stdin_fd=sock.fileno())
     sub.output = []
     sub.home = home
+    sub.defer_background = True
     try:
         status = sub.run()
     except MTAError as e:
@@ -86,4 +87,7 @@ def handle(sock, layout, options, ident, log):
         sub.output.append("sendmail: internal error")
         status = EX_SOFTWARE
     text = "".join(line + "\n" for line in sub.output)
-    answer(status, text.encode("utf-8", "surrogateescape"))
+    try:
+        answer(status, text.encode("utf-8", "surrogateescape"))
+    finally:
+        sub.start_background()      # the caller has its answer: now the delivery child
