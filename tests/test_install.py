@@ -7,6 +7,7 @@ The --root tests do the same on a small fake tree, without namespaces.
 """
 import json
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
@@ -256,3 +257,43 @@ def test_install_as_system_mta_in_sandbox(sm_bin, system_sandbox):
 
 
 DIRS_FIRST = "/var/spool/pysendmail"
+
+
+def test_other_users_submit_through_the_system_service(sm_bin, system_sandbox):
+    """After install, with the system service running (`sendmail -bD`, as the unit runs it),
+    a non-root user's `/usr/sbin/sendmail` hands the message to the service's submit socket
+    (0666; identity from SO_PEERCRED) instead of the maildrop: it is queued at once, owned
+    by that user, and a forged -f is marked with X-Authentication-Warning."""
+    sb = system_sandbox
+    env = clean_env()
+    cmd = shlex.quote(os.path.join(sm_bin, "pysendmail"))
+    script = r"""
+%(cmd)s install >/dev/null
+/usr/sbin/sendmail -bD -q1h &
+svc=$!
+for i in $(seq 100); do [ -S /var/spool/pysendmail/public/submit ] && break; sleep 0.05; done
+stat -c '%%a %%U' /var/spool/pysendmail/public/submit
+cd /
+printf 'Subject: via service\n\nplain body\n' | setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/sbin/sendmail -odq -i root; echo "rc=$?"
+printf 'Subject: forged\n\nforged body\n' | setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/sbin/sendmail -odq -i -f alice@example.com root; echo "rc=$?"
+printf 'Subject: x\n\nb\n' | setpriv --reuid=nobody --regid=nogroup --clear-groups /usr/sbin/sendmail -odq nosuchuser; echo "rc=$?"
+echo "maildrop=$(ls -A /var/spool/pysendmail/maildrop | wc -l)"
+for f in /var/spool/pysendmail/queue/qf*; do echo "== $f"; cat "$f"; done
+kill $svc; wait $svc
+""" % {"cmd": cmd}
+    out = sb.run(script, env=env).stdout
+    assert "666 root" in out, out
+    assert out.count("rc=0") == 2 and "rc=67" in out, out
+    assert "nosuchuser... User unknown" in out, out
+    # nobody's home (/nonexistent) takes no dead.letter: the message goes back by mail
+    assert "/nonexistent/dead.letter... cannot save message" in out and "nobody... returned to sender" in out, out
+    assert "maildrop=0" in out, out
+    nobody = pwd.getpwnam("nobody").pw_uid
+    controls = [c for c in out.split("== ")[1:] if "\nS <>\n" not in c]   # not the DSN
+    assert len(controls) == 2, out
+    for text in controls:
+        assert "\nu %d nobody\n" % nobody in text, text
+    forged = [t for t in controls if "Subject: forged" in t][0]
+    assert "X-Authentication-Warning: " in forged and "nobody set sender to alice@example.com using -f" in forged
+    plain = [t for t in controls if "Subject: via service" in t][0]
+    assert "X-Authentication-Warning" not in plain and "\nS nobody\n" in plain

@@ -1,7 +1,8 @@
 """The submission client: hand a message to the instance's running service.
 
 When `sendmail -bm` finds the service's submit socket (<spool>/public/submit) and
-the socket belongs to the caller's own uid, it sends its argv and $HOME, streams
+the socket belongs to the caller's own uid (or is the system instance's, open to
+every local user: daemon.submitd trusts only the peer's uid), it sends its argv and $HOME, streams
 stdin, and waits for the service's answer: the exit status and what to print. The
 service runs the same submission role (cli.submit) with everything already
 imported, and answers only after the durable commit, so the contract ("exit 0 means
@@ -56,8 +57,11 @@ def submit_to_service(argv, inv):
         st = posix.stat(path)
     except OSError:
         return None
-    if st.st_uid != posix.geteuid() or st.st_mode & 0o170000 != 0o140000:
+    if st.st_mode & 0o170000 != 0o140000:
         return None
+    if st.st_uid != posix.geteuid() and not (lay.system and st.st_uid == 0
+                                             and st.st_mode & 0o002):
+        return None     # another user's private service: not ours to use
     import _socket
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:

@@ -32,8 +32,8 @@ class Caller:
 
     __slots__ = ("uid", "login", "gecos", "home")
 
-    def __init__(self):
-        self.uid = os.getuid()
+    def __init__(self, uid=None):
+        self.uid = os.getuid() if uid is None else uid
         try:
             pw = pwd.getpwuid(self.uid)
             self.login, self.gecos, self.home = pw.pw_name, pw.pw_gecos.split(",")[0], pw.pw_dir
@@ -78,14 +78,14 @@ def _argv_recipients(inv):
 class Submission:
     """One run of the submission role; `run()` returns the exit status."""
 
-    def __init__(self, inv, layout, options, ident, log, stdin_fd=0, stderr=None):
+    def __init__(self, inv, layout, options, ident, log, stdin_fd=0, stderr=None, caller=None):
         self.inv = inv
         self.layout = layout
         self.options = options
         self.ident = ident
         self.log = log
         self.stdin_fd = stdin_fd
-        self.caller = Caller()
+        self.caller = caller or Caller()
         self.status = EX_OK
         self.followups = []   # queue ids of DSNs queued by this submission
         self.quiet = False    # -bs: nothing but SMTP replies may reach stdout
@@ -373,12 +373,48 @@ class Submission:
                                          now=env.created, user=self.caller.login,
                                          from_address=self._from_address(env.sender),
                                          full_name=self._full_name(), single_rcpt=single)
-            save_dead_letter(env, spool.df(env.qid), path, env.created)
+            if self.caller.uid == os.geteuid():
+                save_dead_letter(env, spool.df(env.qid), path, env.created)
+            else:
+                self._save_as_caller(save_dead_letter, env, spool.df(env.qid), path)
             if not quiet:
                 self.say("%s... Saved message in %s" % (path, path))
         except OSError as e:
+            # Nothing is lost: what cannot be saved is mailed back to the sender.
             self.say("%s... cannot save message: %s" % (path, e.strerror))
-            self.status = EX_SOFTWARE
+            failed = [r for r in env.recipients if r.state == FAILED]
+            qid = None
+            if failed and env.sender:
+                from ..daemon.queuerun import queue_bounce
+                qid = queue_bounce(self.layout, self.options, self.ident, self.log, env,
+                                   failed, spool)
+            if qid:
+                self.followups.append(qid)
+                self.say("%s... returned to sender" % (env.sender,))
+            else:
+                self.status = EX_SOFTWARE
+
+    def _save_as_caller(self, save, env, body_path, path):
+        """The service writes a relayed caller's dead.letter as that caller: a child opens
+        the body (root-only, in the queue) first, then drops to the caller's uid."""
+        body_fd = os.open(body_path, os.O_RDONLY)
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                pw = pwd.getpwuid(self.caller.uid)
+                os.setgroups([])
+                os.setgid(pw.pw_gid)
+                os.setuid(pw.pw_uid)
+                save(env, body_fd, path, env.created)
+                status = 0
+            except BaseException:
+                status = 1
+            os._exit(status)
+        os.close(body_fd)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise OSError(13, "Permission denied")
 
     def _log_queued(self, env, size, msgid):
         log = self.log

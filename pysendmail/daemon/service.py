@@ -59,7 +59,8 @@ class Service:
         os.chmod(path, 0o666)
         s.setblocking(False)
         self.sock = s
-        # The submit socket of cli.relay: stream, 0600, for the service's own uid.
+        # The submit socket of cli.relay: stream; 0600 for a private instance (its owner
+        # only), 0666 for the system instance (every local user; see daemon.submitd).
         path = self.layout.submit_socket
         try:
             os.unlink(path)
@@ -73,6 +74,8 @@ class Service:
                 listener.bind(usable)
         finally:
             os.umask(old)
+        if self.layout.system and os.geteuid() == 0:
+            os.chmod(path, 0o666)
         listener.listen(64)
         listener.setblocking(False)
         self.listener = listener
@@ -155,6 +158,9 @@ class Service:
                 conn, _ = self.listener.accept()
             except BlockingIOError:
                 return
+            if self._peer_is_other(conn):
+                self._serve_in_child(conn, handle)
+                continue
             try:
                 # Blocking, as the submission role reads it with os.read; a stalled
                 # client times out after 5 minutes (SO_RCVTIMEO) instead of hanging us.
@@ -166,6 +172,37 @@ class Service:
                 self.log.warning(None, "submit socket: %s" % e)
             finally:
                 conn.close()
+
+    @staticmethod
+    def _peer_is_other(conn):
+        from .submitd import peer_uid
+        try:
+            return peer_uid(conn) != os.geteuid()
+        except OSError:
+            return True
+
+    def _serve_in_child(self, conn, handle):
+        """Another user's submission is served by a child: a stalled peer delays nobody."""
+        import socket
+        import struct
+        pid = os.fork()
+        if pid:
+            conn.close()
+            return
+        status = 0
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            self.listener.close()
+            conn.setblocking(True)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 300, 0))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 300, 0))
+            handle(conn, self.layout, self.options, self.ident, self.log)
+        except BaseException as e:
+            self.log.warning(None, "submit socket: %r" % (e,))
+            status = 1
+        os._exit(status)
 
     def serve(self):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

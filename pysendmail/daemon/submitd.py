@@ -6,9 +6,13 @@ message read straight from the socket, so a 50 MB message needs no more memory
 than from stdin; the answer (exit status and the text the command would print) is
 sent after the durable commit.
 
-Security stance: the socket is 0600 and owned by the service's uid, and a peer
-whose SO_PEERCRED uid is not the service's own is refused: other users submit
-through the maildrop, whose pickup trusts only the file owner.
+Security stance: the peer's identity is its SO_PEERCRED uid, nothing it says. A
+private instance's socket is 0600 (only its owner reaches it). The system instance's
+(root's) socket is 0666: any local user submits through it, as through the maildrop,
+with the same trust as pickup: the sender it names is kept but marked with
+X-Authentication-Warning, its dead.letter is written by a child running as that user,
+and its connection is served by a child of the service, so a peer that stalls delays
+nobody else (reads time out after 5 minutes).
 """
 import os
 import struct
@@ -48,9 +52,14 @@ def handle(sock, layout, options, ident, log):
     def answer(status, text=b""):
         sock.sendall(b"%d %d\n" % (status, len(text)) + text)
 
-    if peer_uid(sock) != os.geteuid():
-        answer(EX_NOPERM, b"sendmail: submit socket: permission denied\n")
-        return
+    uid = peer_uid(sock)
+    caller = None
+    if uid != os.geteuid():
+        if not (layout.system and os.geteuid() == 0):
+            answer(EX_NOPERM, b"sendmail: submit socket: permission denied\n")
+            return
+        from ..cli.submit import Caller
+        caller = Caller(uid)
     r = _Reader(sock)
     head = r.exactly(len(relay.MAGIC) + 9)
     if not head.startswith(relay.MAGIC):
@@ -73,7 +82,7 @@ def handle(sock, layout, options, ident, log):
         return
     opts = dict(options)
     opts.update(inv.options)
-    sub = Submission(inv, layout, opts, ident, log, stdin_fd=sock.fileno())
+    sub = Submission(inv, layout, opts, ident, log, stdin_fd=sock.fileno(), caller=caller)
     sub.output = []
     sub.home = home
     sub.defer_background = True
