@@ -69,12 +69,16 @@ class Delivered:
 
 
 def read_mbox(path):
+    """The messages of an mbox, read under its lock (fcntl and dotlock, as a mail reader
+    does): a background delivery may be appending at this moment."""
     if not os.path.exists(path):
         return []
     box = mailbox.mbox(path, create=False)
+    box.lock()
     try:
         return [Delivered(box.get_message(k).get_from(), box.get_bytes(k)) for k in box.keys()]
     finally:
+        box.unlock()
         box.close()
 
 
