@@ -74,7 +74,15 @@ def read_mbox(path):
     if not os.path.exists(path):
         return []
     box = mailbox.mbox(path, create=False)
-    box.lock()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            box.lock()
+            break
+        except mailbox.ExternalClashError:      # a delivery holds the dotlock right now
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     try:
         return [Delivered(box.get_message(k).get_from(), box.get_bytes(k)) for k in box.keys()]
     finally:

@@ -1,4 +1,4 @@
-"""Sendmail's command line (pysendmail.cli.cmdline) and the installed `sendmail` reading it.
+"""Sendmail's command line (pysendmail.config.cmdline) and the installed `sendmail` reading it.
 
 Unit part: getopt with Sendmail's option string (attached and separate arguments, `--`,
 the first operand ends the options, the optional arguments of -q and -Q), the -o/-O/-M
@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from pysendmail.cli import cmdline
+from pysendmail.config import cmdline
 from pysendmail.errors import EX_USAGE, UsageError
 
 MSG = b"Subject: cmdline test\n\nhello\n"

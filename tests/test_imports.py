@@ -92,7 +92,7 @@ def test_the_tree_was_found():
     assert "pysendmail.proto.smtp_server" in MODULES
     assert "pysendmail.queue.spool" in MODULES
     assert "pysendmail.errors" in IMPORTS["pysendmail.queue.spool"]
-    assert "pysendmail.addr" in IMPORTS["pysendmail.cli.submit"]      # `from .. import addr`
+    assert "pysendmail.addr" in IMPORTS["pysendmail.submission.submit"]      # `from .. import addr`
 
 
 PROTO_FORBIDDEN_STDLIB = {"asyncio", "socket", "_socket", "os", "posix", "time", "select",
@@ -187,9 +187,11 @@ def test_cycle_finder_finds_cycles():
 
 LOWER_THAN = {     # a package may not import these (DESIGN.md: the arrows point one way)
     "model": {"*"}, "errors": {"*"},
-    "delivery": {"daemon", "cli", "server", "milter"},
+    "delivery": {"daemon", "cli", "server", "milter", "qmgr", "submission"},
     "server": {"daemon", "cli", "delivery"},
     "milter": {"daemon", "cli", "server", "delivery"},
+    "qmgr": {"daemon", "cli", "server", "milter", "submission"},     # the queue manager
+    "submission": {"daemon", "cli", "server"},                        # the submission role
     "daemon": {"cli"},
 }
 
@@ -245,7 +247,7 @@ def test_submission_path_imports(sm_bin, sm_root):
     p, names = _importtime(python, [os.path.join(sm_bin, "sendmail"), "-odq", "-t", "-i"],
                            sm_root.env, msg)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "pysendmail.cli.submit" in names and "pysendmail.queue.spool" in names
+    assert "pysendmail.submission.submit" in names and "pysendmail.queue.spool" in names
     bad = sorted(n for n in names if n.split(".")[0] in SLOW_MODULES)
     assert not bad, "the submission path imports %s" % bad
     q = os.path.join(sm_root.path, "spool", "queue")

@@ -5,7 +5,7 @@ Set-up: a private instance (PYSENDMAIL_ROOT) shaped like the system one: spool/m
 is 1733 and spool/queue 0700, both root's. `nobody` (via setpriv) runs the installed
 `sendmail` there: it cannot write the queue, so its message goes to the maildrop. Root
 then runs `sendmail -q` with the same PYSENDMAIL_ROOT (the queue run picks up first), or
-calls pysendmail.daemon.pickup.pickup_all directly where a step must be isolated.
+calls pysendmail.qmgr.pickup.pickup_all directly where a step must be isolated.
 Checked: the envelope sender is the real user unless -f; X-Authentication-Warning when
 nobody sets someone else's sender; a symlink, a hard link, a FIFO and a garbage file in
 the maildrop are refused (renamed to .bad-*), never followed nor read; the `mf` marker of
@@ -267,7 +267,7 @@ def _restore(path, saved):
 
 
 def test_marker_with_existing_qf_finishes_the_unlink_without_a_duplicate(drop):
-    from pysendmail.daemon.pickup import pickup_all
+    from pysendmail.qmgr.pickup import pickup_all
     drop.as_nobody(["-i", "root"], input=MSG)
     (name,) = drop.drops()
     path = os.path.join(drop.maildrop, name)
@@ -289,7 +289,7 @@ def test_marker_with_existing_qf_finishes_the_unlink_without_a_duplicate(drop):
 
 
 def test_marker_without_qf_means_pick_up_again(drop):
-    from pysendmail.daemon.pickup import pickup_all
+    from pysendmail.qmgr.pickup import pickup_all
     drop.as_nobody(["-i", "root"], input=MSG)
     (name,) = drop.drops()
     with open(os.path.join(drop.queue, "mf" + name), "w") as f:

@@ -19,7 +19,7 @@ import subprocess
 
 import pytest
 
-from pysendmail.cli import cmdline
+from pysendmail.config import cmdline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAN = os.path.join(REPO, "man")

@@ -11,7 +11,7 @@ interleaved with Postfix's sendmail and `python -IS -c pass`:
   no_log      pysendmail.log.Logger.log replaced by a no-op
   no_alias    `-n` added (no alias / .forward expansion at submission)
   lean        os_exit + no_fsync + no_log together
-  import_only imports pysendmail.cli.main and pysendmail.cli.submit, then exits
+  import_only imports pysendmail.cli.main and pysendmail.submission.submit, then exits
 
 The difference of a variant's median from `full` is what that part costs (the
 variants share one machine state, round by round). A patch whose target is

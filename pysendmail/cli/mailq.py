@@ -32,7 +32,7 @@ def _reason(diag):
 
 
 def load_entries(layout, filters=()):
-    from ..daemon.queuerun import matches
+    from ..qmgr.queuerun import matches
     spool = Spool(layout.queue)
     out = []
     for qid, state in spool.entries():

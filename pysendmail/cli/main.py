@@ -34,7 +34,7 @@ def main(argv=None):
     if "--json" in args and (prog == "mailq" or "-bp" in args):
         args = [a for a in args if a != "--json"]
         json_out = True
-    from . import cmdline
+    from ..config import cmdline
     try:
         inv = cmdline.parse(args, prog)
     except UsageError as e:
@@ -105,7 +105,7 @@ def _run(inv):
         from ..daemon.service import main as daemon_main
         return daemon_main(inv, layout, options, ident, log)
     if inv.queue_run:
-        from ..daemon.queuerun import QueueRun
+        from ..qmgr.queuerun import QueueRun
         run = QueueRun(layout, options, ident, log, verbose=inv.verbose)
         run.run(filters=inv.queue_filters,
                 include_held=any(k == "Q" for k, _, _ in inv.queue_filters))
@@ -122,5 +122,5 @@ def _run(inv):
     if mode == "C":
         _out("%s: configuration ok" % (inv.cf or layout.cf))
         return EX_OK
-    from .submit import Submission
+    from ..submission.submit import Submission
     return Submission(inv, layout, options, ident, log).run()

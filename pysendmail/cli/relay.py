@@ -2,50 +2,24 @@
 
 When `sendmail -bm` finds the service's submit socket (<spool>/public/submit) and
 the socket belongs to the caller's own uid (or is the system instance's, open to
-every local user: daemon.submitd trusts only the peer's uid), it sends its argv and $HOME, streams
-stdin, and waits for the service's answer: the exit status and what to print. The
-service runs the same submission role (cli.submit) with everything already
+every local user: daemon.submitd trusts only the peer's uid), it sends its argv and
+$HOME, streams stdin, and waits for the service's answer: the exit status and what to
+print. The service runs the same submission role (submission.submit) with everything already
 imported, and answers only after the durable commit, so the contract ("exit 0 means
 the message is on disk") is unchanged. This is Postfix's postdrop/pickup idea, and
 it is what makes a submission cost little more than the interpreter's start: this
-module imports only the builtins `posix` and `_socket`.
+module imports only the builtins `posix` and `_socket` (and the small wire format).
 
 Anything else (no service, a socket of another uid, a refused connection) returns
 None before a byte of the message is read, and the caller submits directly.
 
-Wire format (sans-I/O helpers below, used by both ends):
-    request:  b"PSMSUB1 " + 8-digit length + b"\\n" + netstrings (argv..., "HOME=...")
-              then the message bytes until the client shuts down its write side
-    answer:   b"<status> <length>\\n" + that many bytes of output for stdout
+The wire format is proto.submit_wire's.
 """
 import posix
 
-MAGIC = b"PSMSUB1 "
+from ..proto.submit_wire import encode_request, parse_answer_head
+
 EX_OSERR = 71
-
-
-def netstrings(items):
-    return b"".join(b"%d:%s," % (len(i), i) for i in items)
-
-
-def parse_netstrings(data):
-    items = []
-    pos = 0
-    while pos < len(data):
-        colon = data.index(b":", pos)
-        n = int(data[pos:colon])
-        start = colon + 1
-        if data[start + n:start + n + 1] != b",":
-            raise ValueError("bad netstring")
-        items.append(data[start:start + n])
-        pos = start + n + 1
-    return items
-
-
-def encode_request(argv, home):
-    body = netstrings([a.encode("utf-8", "surrogateescape") for a in argv] +
-                      [b"HOME=" + home.encode("utf-8", "surrogateescape")])
-    return MAGIC + b"%08d\n" % len(body) + body
 
 
 def submit_to_service(argv, inv):
@@ -84,7 +58,7 @@ def submit_to_service(argv, inv):
                 raise ConnectionError("no answer")
             answer += chunk
         head, _, rest = answer.partition(b"\n")
-        status, length = (int(x) for x in head.split())
+        status, length = parse_answer_head(head)
         while len(rest) < length:
             chunk = s.recv(65536)
             if not chunk:

@@ -59,8 +59,8 @@ class CliBackend(SessionBackend):
         return Reply(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery (or try finger)")
 
     def accept_message(self, sender, recipients, params, data):
-        from . import cmdline
-        from .submit import Submission
+        from ..config import cmdline
+        from ..submission.submit import Submission
         inv = cmdline.Invocation("sendmail")
         inv.sender = sender
         inv.sender_given = True

@@ -125,7 +125,7 @@ class Service:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
-            from .queuerun import QueueRun
+            from ..qmgr.queuerun import QueueRun
             QueueRun(self.layout, self.options, self.ident, self.log).run(force=False)
         except BaseException as e:
             self.log.err(None, "queue run failed: %r" % (e,))

@@ -1,7 +1,7 @@
 """The service's side of cli.relay: take a submission over the submit socket.
 
 Each connection carries one `sendmail -bm` invocation: its argv, $HOME, then the
-message. It is run through the ordinary submission role (cli.submit) with the
+message. It is run through the ordinary submission role (submission.submit) with the
 message read straight from the socket, so a 50 MB message needs no more memory
 than from stdin; the answer (exit status and the text the command would print) is
 sent after the durable commit.
@@ -17,7 +17,7 @@ nobody else (reads time out after 5 minutes).
 import os
 import struct
 
-from ..cli import relay
+from ..proto import submit_wire as wire
 
 MAX_PREAMBLE = 1 << 20
 
@@ -44,13 +44,13 @@ def peer_uid(sock):
 
 def handle(sock, layout, options, ident, log):
     """Serve one connection; closes nothing (the caller does)."""
-    from ..cli import cmdline
-    from ..cli.submit import Submission
+    from ..config import cmdline
+    from ..submission.submit import Submission
     from ..errors import EX_NOPERM, EX_SOFTWARE, EX_USAGE, MTAError, UsageError
     from ..config import options as optmod
 
     def answer(status, text=b""):
-        sock.sendall(b"%d %d\n" % (status, len(text)) + text)
+        sock.sendall(wire.encode_answer(status, text))
 
     uid = peer_uid(sock)
     caller = None
@@ -58,20 +58,17 @@ def handle(sock, layout, options, ident, log):
         if not (layout.system and os.geteuid() == 0):
             answer(EX_NOPERM, b"sendmail: submit socket: permission denied\n")
             return
-        from ..cli.submit import Caller
+        from ..submission.submit import Caller
         caller = Caller(uid)
     r = _Reader(sock)
-    head = r.exactly(len(relay.MAGIC) + 9)
-    if not head.startswith(relay.MAGIC):
-        answer(EX_USAGE, b"sendmail: submit socket: not a submission\n")
+    try:
+        length = wire.preamble_length(r.exactly(wire.HEAD_LEN))
+        if length > MAX_PREAMBLE:
+            raise ValueError("request too large")
+        argv, home = wire.decode_preamble(r.exactly(length))
+    except ValueError as e:
+        answer(EX_USAGE, b"sendmail: submit socket: %s\n" % str(e).encode())
         return
-    length = int(head[len(relay.MAGIC):-1])
-    if length > MAX_PREAMBLE:
-        answer(EX_USAGE, b"sendmail: submit socket: request too large\n")
-        return
-    items = [i.decode("utf-8", "surrogateescape") for i in relay.parse_netstrings(r.exactly(length))]
-    home = items.pop()[len("HOME="):]
-    argv = items
     prog = argv[0].rpartition("/")[2] if argv else "sendmail"
     try:
         inv = cmdline.parse(argv[1:], "sendmail" if prog == "pysendmail" else prog)

@@ -12,7 +12,7 @@ system the fsync of a newly created file commits its directory entry with it, an
 rename follows that would need another directory commit. Files left incomplete by a
 crashed submitter are removed by pickup after a day.
 
-The pickup step (daemon.pickup), run by root, trusts nothing in a drop but the
+The pickup step (qmgr.pickup), run by root, trusts nothing in a drop but the
 file's owner (fstat on the opened file): it re-checks every address, rebuilds the
 identity fields, and adds the Received and X-Authentication-Warning fields itself.
 """

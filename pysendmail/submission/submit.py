@@ -9,7 +9,7 @@ Security stance: this runs as whoever calls it (cron jobs as their owners, PHP a
 www-data) and is never setuid. A caller that owns the spool (root for the system
 instance, the user for a private one) writes the queue directly; anyone else
 writes one file into the sticky maildrop directory, which the root-run pickup step
-validates and queues (daemon.pickup), trusting nothing in it but the file owner.
+validates and queues (qmgr.pickup), trusting nothing in it but the file owner.
 """
 import os
 import pwd
@@ -341,7 +341,7 @@ class Submission:
         self.status = EX_NOUSER
         mode = self.error_mode()
         if mode in ("m", "w", "e"):
-            from ..daemon.queuerun import queue_bounce
+            from ..qmgr.queuerun import queue_bounce
             qid = queue_bounce(self.layout, self.options, self.ident, self.log, env, failed, spool)
             if qid:
                 self.followups.append(qid)
@@ -385,7 +385,7 @@ class Submission:
             failed = [r for r in env.recipients if r.state == FAILED]
             qid = None
             if failed and env.sender:
-                from ..daemon.queuerun import queue_bounce
+                from ..qmgr.queuerun import queue_bounce
                 qid = queue_bounce(self.layout, self.options, self.ident, self.log, env,
                                    failed, spool)
             if qid:
@@ -435,7 +435,7 @@ class Submission:
                 os.close(df_fd)
             return self.status
         if mode == "i":
-            from ..daemon.queuerun import QueueRun
+            from ..qmgr.queuerun import QueueRun
             run = QueueRun(self.layout, self.options, self.ident, self.log, verbose=self.inv.verbose)
             run.followups.extend(self.followups)
             if qid is not None:
@@ -480,7 +480,7 @@ class Submission:
             os.close(null)
             if os.fork():
                 os._exit(0)
-            from ..daemon.queuerun import QueueRun
+            from ..qmgr.queuerun import QueueRun
             run = QueueRun(self.layout, self.options, self.ident, self.log)
             run.followups.extend(self.followups)
             if qid is not None:

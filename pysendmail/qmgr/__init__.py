@@ -1,0 +1,1 @@
+"""Queue manager role: queue runs (deliver, record outcomes, retry, bounce) and pickup."""
