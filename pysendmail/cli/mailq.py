@@ -79,9 +79,18 @@ def format_listing(layout, entries, verbose=False):
         if err:
             lines.append("                 (%s)" % err)
         prefix = "\t\t\t\t\t\t" if verbose else "\t\t\t\t\t "
+        last_ctl = ""
         for r in env.recipients:
-            if not r.final:
-                lines.append(prefix + r.address)
+            if r.final:
+                continue
+            if verbose:
+                # Sendmail's -v shows the controlling address (the alias a recipient came
+                # from) once before the recipients it expanded to.
+                ctl = r.parent.rsplit(">", 1)[-1] if r.parent else ""
+                if ctl and ctl != last_ctl:
+                    lines.append(prefix + "(---:%s---)" % ctl)
+                last_ctl = ctl
+            lines.append(prefix + r.address)
     lines.append("\t\tTotal requests: %d" % n)
     return "\n".join(lines) + "\n"
 

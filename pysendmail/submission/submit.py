@@ -115,6 +115,7 @@ class Submission:
         words = _argv_recipients(inv)
         if not words and not inv.read_recipients:
             self.say("Recipient names must be specified")
+            self._log_unsent()
             return EX_USAGE
         try:
             sender = envelope_sender(inv, self.caller, self.ident)
@@ -133,6 +134,31 @@ class Submission:
                 os.path.dirname(where) if e.filename else where, e.strerror))
             self.log.err(None, "SYSERR(%s): cannot queue message: %s" % (self.caller.login, e))
             return EX_CANTCREAT
+
+    def _log_unsent(self):
+        """Sendmail still reads a message it will not queue, and logs its from= line
+        (nrcpts=0). Nothing is lost: the caller keeps the message (exit 64)."""
+        from ..queue.spool import make_qid
+        if os.isatty(self.stdin_fd):
+            return              # a person at a terminal: do not wait for a message
+        now = int(time.time())
+        qid = make_qid(now, os.getpid(), int.from_bytes(os.urandom(2), "big") % 3600)
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            got = collect(self.stdin_fd, null, self.inv.ignore_dots,
+                          int(self.options.get("MaxHeadersLength") or 32768))
+        except OSError:
+            return
+        finally:
+            os.close(null)
+        size = sum(len(h) + 1 for h in got.headers) + got.body_size
+        if got.headers and got.body_size:
+            size += 1
+        env = Envelope(qid=qid, created=now, sender=self.caller.login, headers=got.headers,
+                       relay=self.caller.login + "@localhost")
+        msgid = env.header("Message-Id")
+        msgid = msgid.decode("utf-8", "replace") if msgid else hdr.message_id(qid, self.ident.j, now)
+        self.log.info(qid, logfmt.from_line(env, 0, msgid, relay=env.relay, size=size))
 
     def _trusted(self):
         """May this caller write the queue directly?"""
