@@ -920,3 +920,126 @@ def test_killed_at_each_syscall_exactly_once(tmp_path):
     assert got == [_quoted(_message(e, body)) for e in msgs]
     assert outcomes == {True, False}  # some kills did cut an append short, and were repaired
     assert not os.path.exists(path + ".lock")
+
+
+# -- a torn append is removed by the next writer, whichever message it brings -----------------
+
+def _kill_in_append(strace, script, mailbox_path, qid, nth=3):
+    """Run the delivery of `qid`, SIGKILLed at its nth write() to the mailbox."""
+    subprocess.run([strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=write",
+                    "-e", "inject=write:signal=KILL:when=%d" % nth, "-P", mailbox_path,
+                    PY, "-c", script, qid], capture_output=True, timeout=120)
+
+
+def test_torn_append_removed_before_another_message(tmp_path):
+    """Killed mid-append (strace SIGKILL), then ANOTHER message for the mailbox comes
+    first, then the retry: two whole messages, no torn copy, no record left."""
+    from conftest import require_program
+    strace = require_program("strace")
+    script = KILL_SCRIPT % {"repo": REPO, "base": str(tmp_path), "opts": {}}
+    env0, spool, lay = _queue(tmp_path, body=b"earlier\n")
+    assert deliver(env0, 0, spool, lay, {}).ok
+    path = os.path.join(lay.mail_dir, ME)
+    size0 = os.path.getsize(path)
+    big = b"".join(b"line %06d\nFrom x %d\n" % (i, i) for i in range(20000))
+    env, _, _ = _queue(tmp_path, body=big)
+    _kill_in_append(strace, script, path, env.qid)
+    assert size0 < os.path.getsize(path) < size0 + len(big)          # torn
+    assert os.path.exists(path + journal_mod.PENDING_SUFFIX)
+    env2, _, _ = _queue(tmp_path, body=b"new mail\n")
+    out = subprocess.run([PY, "-c", script, env2.qid], capture_output=True, timeout=120)
+    assert out.stdout.startswith(b"2.0.0") and b"partial append" in out.stderr, out
+    assert os.path.getsize(path) > size0
+    out = subprocess.run([PY, "-c", script, env.qid], capture_output=True, timeout=120)
+    assert out.stdout.startswith(b"2.0.0"), out
+    box = mailbox.mbox(path, create=False)
+    try:
+        got = [box.get_bytes(k) for k in box.keys()]
+    finally:
+        box.close()
+    assert got == [_quoted(_message(e, b))
+                   for e, b in ((env0, b"earlier\n"), (env2, b"new mail\n"), (env, big))]
+    assert not os.path.exists(path + journal_mod.PENDING_SUFFIX)
+    assert not os.path.exists(path + ".lock")
+
+
+def test_pending_record_never_cuts_foreign_data(tmp_path):
+    """A torn append followed by another program's message (not ours, no record check):
+    the next delivery must not truncate anything, only drop the record."""
+    from conftest import require_program
+    strace = require_program("strace")
+    script = KILL_SCRIPT % {"repo": REPO, "base": str(tmp_path), "opts": {}}
+    big = b"".join(b"line %06d\n" % i for i in range(20000))
+    env, spool, lay = _queue(tmp_path, body=big)
+    path = os.path.join(lay.mail_dir, ME)
+    _kill_in_append(strace, script, path, env.qid, nth=2)
+    foreign = b"\n\nFrom other@example.org Thu Nov 26 14:45:26 2026\nSubject: other\n\nx\n\n"
+    with open(path, "ab") as f:
+        f.write(foreign)
+    before = _mbox_bytes(path)
+    env2, _, _ = _queue(tmp_path, body=b"new mail\n")
+    assert deliver(env2, 0, spool, lay, {}).ok
+    after = _mbox_bytes(path)
+    assert after.startswith(before) and len(after) > len(before)
+    assert not os.path.exists(path + journal_mod.PENDING_SUFFIX)
+
+
+def test_pending_record_symlink_not_followed(tmp_path):
+    env, spool, lay = _queue(tmp_path)
+    path = os.path.join(lay.mail_dir, ME)
+    assert deliver(env, 0, spool, lay, {}).ok
+    target = tmp_path / "target"
+    target.write_bytes(b"V pysendmail-pending 1\nkeep me\n.\n")
+    os.symlink(target, path + journal_mod.PENDING_SUFFIX)
+    before = _mbox_bytes(path)
+    env2, _, _ = _queue(tmp_path, body=b"second\n")
+    assert deliver(env2, 0, spool, lay, {}).ok
+    assert _mbox_bytes(path).startswith(before)
+    assert target.read_bytes() == b"V pysendmail-pending 1\nkeep me\n.\n"
+    assert not os.path.lexists(path + journal_mod.PENDING_SUFFIX)
+
+
+def test_stream_digest_blocks_and_head():
+    d = journal_mod.StreamDigest(block=4)
+    for piece in (b"\n", b"From a b\nxy", b"zw", b"uvq"):
+        d.update(piece)
+    assert d.head == b"\nFrom a b\n" and d.length == 17
+    assert d.blocks == [hashlib.sha256(b).hexdigest()[:16] for b in (b"\nFro", b"m a ", b"b\nxy",
+                                                                      b"zwuv")]
+    assert d.hexdigest() == hashlib.sha256(b"\nFrom a b\nxyzwuvq").hexdigest()
+
+
+# -- as root: leftovers of a kill between creating and chowning --------------------------------
+
+def test_root_repairs_unchowned_mailbox_and_maildir_level(tmp_path, other_user, open_base):
+    """What a kill between root's create (mkdir) and its chown leaves, an empty root-owned
+    0600 mailbox or 0700 user directory, is handed over to the user on the next delivery."""
+    base = os.path.join(open_base, "inst")
+    rc = [Recipient(TEST_USER, mailer="local", user=TEST_USER)]
+    env, spool, lay = _queue(base, rcpts=rc)
+    mail_gid = grp.getgrnam("mail").gr_gid
+    os.makedirs(lay.mail_dir, exist_ok=True)
+    os.chown(lay.mail_dir, 0, mail_gid)
+    os.chmod(lay.mail_dir, 0o2775)
+    box = os.path.join(lay.mail_dir, TEST_USER)
+    fd = os.open(box, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    os.chmod(box, 0o600)
+    assert deliver(env, 0, spool, lay, {}).ok
+    assert os.stat(box).st_uid == other_user.pw_uid
+    os.mkdir(os.path.join(lay.mail_dir, "md"), 0o755)
+    udir = os.path.join(lay.mail_dir, "md", TEST_USER)
+    os.mkdir(udir, 0o700)
+    opts = {"MailboxFormat": "maildir", "MaildirPath": "%m/md/%u/Maildir"}
+    st = deliver(env, 0, spool, lay, opts)
+    assert st.ok, st
+    assert os.stat(udir).st_uid == other_user.pw_uid
+    assert os.stat(os.path.join(udir, "Maildir")).st_uid == other_user.pw_uid
+    # a non-empty root-owned directory is not the leftover: left alone (and refused)
+    os.mkdir(os.path.join(lay.mail_dir, "md2"), 0o755)
+    odir = os.path.join(lay.mail_dir, "md2", TEST_USER)
+    os.mkdir(odir, 0o700)
+    open(os.path.join(odir, "keep"), "w").close()
+    opts["MaildirPath"] = "%m/md2/%u/Maildir"
+    assert not deliver(env, 0, spool, lay, opts).ok
+    assert os.stat(odir).st_uid == 0

@@ -26,11 +26,42 @@ journal durably -> "K") and only appends after the answer. A child whose parent 
 
 Entry format (one "key value" per line, after "V pysendmail-jf 1", ending with "."):
 P hex of the path bytes, D dev, I inode, O offset, A pad, L length, H sha256 hex, T stamp.
+
+Pending-append record (one per mailbox, whichever message). The journal above only
+helps the retry of the same message; when another message reaches the mailbox first
+(a new submission, -odi, another queue entry), a torn append must still go before it
+is buried. So the writer also records its append next to the mailbox, in
+`<mailbox>.pysendmail-pending`, and EVERY writer reads that record under the mailbox
+locks before it appends (repair_pending): mailbox size between offset and
+offset+length and the bytes there a verified prefix of the recorded append -> truncate
+to the offset (a torn append); anything else -> the record is only removed. The
+writer removes its record once its append is fsync'd. Verification of a torn tail:
+the recorded head (pad + From_ line) matches, every complete 16 KB block matches its
+recorded sha256, and the unverified rest holds no line starting with "From " (our
+mbox stream has none after its From_ line). A record
+is written (create O_EXCL, fsync, fsync dir) by the process that appends, i.e. the
+recipient's uid (the child that dropped privileges): in /var/mail (root:mail 2775)
+through the mail group, in a private mail directory as its owner. Security stance:
+opened with O_NOFOLLOW, used only if a regular single-link file owned by the same
+uid and naming the open mailbox's device and inode (else it is removed: unlink never
+follows a symlink); 0600. Where the directory is not writable (a /file recipient in a
+foreign directory) there is no record, and only the same message's retry repairs.
+Record format: "V pysendmail-pending 1", then D dev, I inode, O offset, L length,
+B block size, F hex of the head, K comma-separated block hashes (16 hex), ".".
 """
+import errno
 import os
 
+try:
+    from _sha256 import sha256   # hashlib would load OpenSSL (start-up cost)
+except ImportError:              # a CPython built without its own hashes
+    from hashlib import sha256
+
+from ..log import Channel
 from ..model import DeliveryStatus
 from ..queue.spool import fsync_dir, write_durably
+
+log = Channel()
 
 VERSION = "pysendmail-jf 1"
 _INT_KEYS = ("D", "I", "O", "A", "L", "T")
@@ -218,3 +249,203 @@ def run_as(creds, fn, journal):
     if status is None:
         status = DeliveryStatus("4.3.0", "local delivery process died")
     return status
+
+
+# -- the per-mailbox pending-append record ---------------------------------------------------
+
+PENDING_SUFFIX = ".pysendmail-pending"
+PENDING_VERSION = b"V pysendmail-pending 1\n"
+HEAD_MAX = 1024
+_MAX_RECORD = 1 << 20
+
+
+BLOCK = 16384      # 17 bytes of record per 16 KB appended
+
+
+class StreamDigest:
+    """One pass over the bytes to append: length, sha256, head (pad + From_ line) and
+    the sha256 (16 hex) of every complete block."""
+
+    def __init__(self, block=BLOCK):
+        self.block = block
+        self.length = 0
+        self.blocks = []
+        self.head = b""
+        self._head_done = False
+        self._full = sha256()
+        self._cur = sha256()
+        self._fill = 0
+
+    def update(self, data):
+        self._full.update(data)
+        if not self._head_done:
+            start = len(self.head)
+            self.head += data[:HEAD_MAX - start]
+            body = self.head.lstrip(b"\n")
+            nl = body.find(b"\n")
+            if nl >= 0:
+                self.head = self.head[:len(self.head) - len(body) + nl + 1]
+                self._head_done = True
+            elif len(self.head) >= HEAD_MAX:
+                self._head_done = True
+        self.length += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block - self._fill)
+            self._cur.update(view[:take])
+            self._fill += take
+            view = view[take:]
+            if self._fill == self.block:
+                self.blocks.append(self._cur.hexdigest()[:16])
+                self._cur = sha256()
+                self._fill = 0
+
+    def hexdigest(self):
+        return self._full.hexdigest()
+
+
+def pending_path(mailbox):
+    return mailbox + PENDING_SUFFIX
+
+
+def _encode_pending(rec):
+    lines = [b"D %d" % rec["D"], b"I %d" % rec["I"], b"O %d" % rec["O"], b"L %d" % rec["L"],
+             b"B %d" % rec["B"], b"F " + rec["F"].hex().encode(),
+             b"K " + ",".join(rec["K"]).encode()]
+    return PENDING_VERSION + b"\n".join(lines) + b"\n.\n"
+
+
+def _decode_pending(data):
+    if not data.startswith(PENDING_VERSION) or not data.endswith(b"\n.\n"):
+        return None
+    rec = {}
+    try:
+        for line in data[len(PENDING_VERSION):-3].decode("ascii").split("\n"):
+            key, _, value = line.partition(" ")
+            if key in ("D", "I", "O", "L", "B"):
+                rec[key] = int(value)
+            elif key == "F":
+                rec[key] = bytes.fromhex(value)
+            elif key == "K":
+                rec[key] = value.split(",") if value else []
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if len(rec) != 7 or rec["B"] <= 0 or rec["L"] <= 0:
+        return None
+    return rec
+
+
+def write_pending(mailbox, st, offset, digest):
+    """Record the append about to be made (durably). False where the directory does not
+    let us write (then there is no record)."""
+    path = pending_path(mailbox)
+    data = _encode_pending({"D": st.st_dev, "I": st.st_ino, "O": offset, "L": digest.length,
+                            "B": digest.block, "F": digest.head, "K": digest.blocks})
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(2):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            _unlink(path)   # left by a writer that has no right to it (see repair_pending)
+            continue
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                log.debug("%s: no pending-append record: %s", mailbox, e.strerror)
+                return False
+            raise
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            _unlink(path)
+            raise
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.dirname(path) or ".")
+        return True
+    return False
+
+
+def clear_pending(mailbox, durable=False):
+    """Remove the record (the append it describes is complete, or was undone)."""
+    if _unlink(pending_path(mailbox)) and durable:
+        fsync_dir(os.path.dirname(mailbox) or ".")
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return False
+        raise
+
+
+def _load_pending(mailbox):
+    """The record of `mailbox` if trustworthy; ("untrusted", None) to remove it."""
+    path = pending_path(mailbox)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False, None
+    except OSError as e:
+        log.warning("%s: unusable pending-append record: %s", path, e.strerror or e)
+        return True, None
+    try:
+        st = os.fstat(fd)
+        if not (st.st_mode & 0o170000 == 0o100000 and st.st_nlink == 1
+                and st.st_uid == os.geteuid() and st.st_size <= _MAX_RECORD):
+            log.warning("%s: pending-append record not ours (uid %d), ignored",
+                        path, st.st_uid)
+            return True, None
+        data = os.pread(fd, _MAX_RECORD, 0)
+    finally:
+        os.close(fd)
+    return True, _decode_pending(data)
+
+
+def _is_torn(fd, size, rec):
+    """Are the bytes from the record's offset to `size` a prefix of the recorded append?"""
+    off, length, block, head = rec["O"], rec["L"], rec["B"], rec["F"]
+    have = size - off
+    if not 0 < have < length:
+        return False
+    got = os.pread(fd, min(have, len(head)), off)
+    if got != head[:len(got)]:
+        return False
+    full = have // block
+    if full > len(rec["K"]):
+        return False
+    for i in range(full):
+        data = os.pread(fd, block, off + i * block)
+        if len(data) != block or sha256(data).hexdigest()[:16] != rec["K"][i]:
+            return False
+    start = max(off + full * block, off + len(head))
+    if start >= size:
+        return True
+    rest = os.pread(fd, size - start + 1, start - 1)
+    return b"\nFrom " not in rest
+
+
+def repair_pending(fd, st, mailbox):
+    """Under the mailbox locks, before any append: apply and remove the pending-append
+    record of the mailbox (open as `fd`, fstat `st`). Truncates a torn append."""
+    present, rec = _load_pending(mailbox)
+    if not present:
+        return
+    durable = False
+    if rec is not None and (rec["D"], rec["I"]) == (st.st_dev, st.st_ino):
+        size = os.fstat(fd).st_size
+        if _is_torn(fd, size, rec):
+            log.warning("%s: removing a partial append of %d bytes at offset %d (pending record)",
+                        mailbox, size - rec["O"], rec["O"])
+            os.ftruncate(fd, rec["O"])
+            os.fsync(fd)
+            durable = True
+    clear_pending(mailbox, durable=durable)

@@ -13,11 +13,15 @@ adds the From_ line, >From quoting and the final blank line (mbox.py).
 Security stance. Running as root (system instance), mailbox work is done by a fork()ed
 child that has dropped to the recipient: setgroups([mail]), setgid(user's group),
 setuid(user) (journal.run_as). Root itself only does what the user cannot: it creates
-a missing /var/mail/USER with O_CREAT|O_EXCL|O_NOFOLLOW, 0600, owner USER, group mail
-(Debian's /var/mail is root:mail 2775), and for a missing Maildir whose nearest existing
-path is like %m/%u/Maildir it makes the missing shared levels (root-owned) and the
-level named after the user (mkdir 0700, then lchown), only inside root-owned
+a missing /var/mail/USER, 0600, owner USER, group mail (Debian's /var/mail is root:mail
+2775) in one step (an unnamed file, fchown, then linked to the name, which never
+follows a symlink nor replaces a file), and for a missing Maildir whose nearest
+existing path is like %m/%u/Maildir it makes the missing shared levels (root-owned)
+and the level named after the user (mkdir 0700, then fchown), only inside root-owned
 directories: mkdir never follows a symlink and the user cannot touch those parents.
+A kill between that mkdir and its chown (or an older version's mailbox create and
+chown) leaves an empty root-owned 0700 directory (0600 file): the next run hands
+exactly such a leftover to the user, fstat-checked on an O_NOFOLLOW descriptor.
 Everything else (open with O_NOFOLLOW, fstat checks: regular, one link, owned by the
 user; locks; writes) runs with the user's rights, so quotas and permissions apply and a
 planted symlink or hard link cannot make root write anywhere. prog and file deliveries
@@ -157,11 +161,13 @@ def maildir_path(options, layout, pw):
 def _prepare_user_root(options, layout, pw):
     """As root, for a template like %m/%u/Maildir: create the missing shared levels
     above the user's own directory (root-owned, 0755) and the first level named after
-    the user (mkdir 0700, then lchown to the user). Only inside root-owned real
-    directories, so a user cannot steer these mkdirs. Under %h the user does it all."""
+    the user (mkdir 0700, then chown to the user). Only inside root-owned real
+    directories, so a user cannot steer these mkdirs. Under %h the user does it all.
+    The walk stops at the user's level, existing or not; one that a killed run left
+    root-owned (made, not yet chowned) is handed over to the user (_repair_root_dir)."""
     parts = _template(options, layout).split("/")
     cur = ""
-    for i, raw in enumerate(parts):
+    for raw in parts:
         if "%h" in raw:
             return
         comp = _expand(raw, layout, pw)
@@ -170,37 +176,74 @@ def _prepare_user_root(options, layout, pw):
             continue
         parent = cur or "/"
         cur = os.path.join(parent, comp)
+        user_level = "%u" in raw
         try:
             os.lstat(cur)
-            continue
         except FileNotFoundError:
             pass
+        else:
+            if user_level:
+                _repair_root_dir(cur, pw.pw_uid, pw.pw_gid)
+                return
+            continue
         pst = os.lstat(parent)
         if pst.st_uid != 0 or not stat.S_ISDIR(pst.st_mode):
             return
-        user_level = "%u" in raw
         try:
             os.mkdir(cur, 0o700 if user_level else 0o755)
         except FileExistsError:
+            if user_level:
+                _repair_root_dir(cur, pw.pw_uid, pw.pw_gid)
             return
         if user_level:
-            os.lchown(cur, pw.pw_uid, pw.pw_gid)
+            _repair_root_dir(cur, pw.pw_uid, pw.pw_gid)
             return
+
+
+def _repair_root_dir(path, uid, gid):
+    """As root: give `path` to uid:gid if it is what our mkdir makes before its chown:
+    an empty real directory (no symlink followed), owned by root, mode 0700."""
+    if uid == 0:
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid == 0 and st.st_mode & 0o777 == 0o700 and not os.listdir(fd):
+            os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
 
 
 def _create_mailbox(path, uid, gid):
-    """As root: create a missing mailbox 0600 owned by the user (never via a symlink)."""
+    """As root: create a missing mailbox 0600 owned by the user, in one step
+    (mbox.create_atomically: a kill never leaves it root-owned), never via a symlink.
+    An empty root-owned 0600 mailbox (what a killed older version could leave between
+    its create and its chown) is handed over to the user."""
     os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        mbox.create_atomically(path, b"", 0o600, (uid, gid))
     except FileExistsError:
+        _repair_root_file(path, uid, gid)
+        return
+    mbox.fsync_dir(os.path.dirname(path))
+
+
+def _repair_root_file(path, uid, gid):
+    if uid == 0:
         return
     try:
-        os.fchown(fd, uid, gid)
-        os.fchmod(fd, 0o600)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                     | os.O_CLOEXEC)
+    except OSError:
+        return          # a symlink or worse: the user's child refuses it later
+    try:
+        st = os.fstat(fd)
+        if (stat.S_ISREG(st.st_mode) and st.st_uid == 0 and st.st_size == 0
+                and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) == 0o600):
+            os.fchown(fd, uid, gid)
+            log.warning("%s: empty root-owned mailbox handed over to uid %d", path, uid)
     finally:
         os.close(fd)
-    mbox.fsync_dir(os.path.dirname(path))
 
 
 def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):

@@ -6,8 +6,8 @@ as ">From ", and a blank line at the end. A mailbox whose last message lacks tha
 blank line gets one (or two newlines) first, so the new "From " line starts a message.
 
 Locking, all held together while appending (so every reader's convention is honoured):
-a dotlock PATH.lock holding "PID HOST" (made atomically: O_TMPFILE then linkat, else
-O_EXCL; stale after 5 minutes, or at once when it names a process of this host that
+a dotlock PATH.lock holding "PID HOST" (made atomically, create_atomically: O_TMPFILE
+then linkat, else a unique temporary name then link(); stale after 5 minutes, or at once when it names a process of this host that
 is gone, as after a kill -9; skipped with a log line where the directory is not
 writable to us), an fcntl lock (lockf: F_SETLK on the whole file) and a flock lock.
 Each is tried without blocking and retried until a bounded deadline (option
@@ -19,11 +19,15 @@ owner rule. After locking, the path must still name the same inode (a mail reade
 have replaced the file while we waited). A failed write is rolled back by truncating
 to the original size, so a mailbox never holds half a message.
 
-Exactly once: see journal.py. Under the lock, before writing, the append is described
-in the journal (offset, pad, length, sha256, From_ stamp). On a retry with a journal:
-the full bytes at that offset match -> already delivered; the file holds only a
-prefix of them up to its end -> truncate to the offset and deliver again; anything
-else -> deliver again (logged).
+Exactly once: see journal.py. Under the locks, before anything else, the mailbox's
+pending-append record is applied (journal.repair_pending: a torn append left by a
+killed writer, of whichever message, is truncated away, so the next message never
+lands behind it). Then, before writing, the append is described in the queue journal
+(offset, pad, length, sha256, From_ stamp) and in the mailbox's pending record; the
+record is removed once the append is fsync'd. On a retry with a journal: the full
+bytes at that offset match -> already delivered; the file holds only a prefix of them
+up to its end -> truncate to the offset and deliver again; anything else -> deliver
+again (logged).
 """
 import errno
 import fcntl
@@ -31,13 +35,9 @@ import os
 import stat
 import time
 
-try:
-    from _sha256 import sha256   # hashlib would load OpenSSL: +2.5 ms, +3.6 MiB
-except ImportError:              # a CPython built without its own hashes
-    from hashlib import sha256
-
 from ..log import Channel
 from ..model import DeliveryStatus
+from .journal import StreamDigest, clear_pending, repair_pending, sha256, write_pending
 
 log = Channel()
 
@@ -110,16 +110,18 @@ def _alive(pid):
     return state not in ([b"Z"], [b"X"])
 
 
-def _create_lock(lock):
-    """Create `lock` holding "PID HOST", atomically where Linux allows: the content is
-    written to an unnamed O_TMPFILE file that is then linked to the name, so a process
-    killed at any point leaves either no lock or one naming it (never an empty one,
-    which could only expire after 5 minutes). Raises FileExistsError if it exists."""
-    content = ("%d %s\n" % (os.getpid(), _HOST)).encode()
+def create_atomically(path, content=b"", mode=0o600, owner=None):
+    """Create the file `path` (never replacing one) with its content, mode and owner
+    (uid, gid) in one step: a process killed at any point leaves either no file or the
+    finished one, never an empty or root-owned one. Linux: an unnamed O_TMPFILE file in
+    the directory, linked to the name through /proc/self/fd (a process may always use
+    its own fds there, also after dropping privileges); elsewhere a uniquely named
+    temporary file linked to the name, then unlinked. FileExistsError if `path` exists."""
+    directory = os.path.dirname(path) or "."
     tmpfile = getattr(os, "O_TMPFILE", 0)
     if tmpfile:
         try:
-            fd = os.open(os.path.dirname(lock) or ".", tmpfile | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+            fd = os.open(directory, tmpfile | os.O_WRONLY | os.O_CLOEXEC, mode)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise
@@ -127,26 +129,43 @@ def _create_lock(lock):
         if fd is not None:
             procfd = None
             try:
-                os.write(fd, content)
+                _fill(fd, content, mode, owner)
                 procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-                # linkat(procfd, "N", AT_FDCWD, lock, AT_SYMLINK_FOLLOW): the dir fd
+                # linkat(procfd, "N", AT_FDCWD, path, AT_SYMLINK_FOLLOW): the dir fd
                 # makes Python use linkat with the flag (plain link() would not follow)
-                os.link(str(fd), lock, src_dir_fd=procfd, follow_symlinks=True)
+                os.link(str(fd), path, src_dir_fd=procfd, follow_symlinks=True)
                 return
-            except FileExistsError:
-                raise
             except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EINVAL):
+                if isinstance(e, FileExistsError) or e.errno not in (
+                        errno.ENOENT, errno.EXDEV, errno.EPERM, errno.EINVAL, errno.EACCES):
                     raise
             finally:
                 os.close(fd)
                 if procfd is not None:
                     os.close(procfd)
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    tmp = "%s.%s.%d.%d.tmp" % (path, _HOST.replace("/", "_"), os.getpid(), time.monotonic_ns())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, content)
+        _fill(fd, content, mode, owner)
+        os.link(tmp, path)
     finally:
         os.close(fd)
+        os.unlink(tmp)
+
+
+def _fill(fd, content, mode, owner):
+    view = memoryview(content)
+    while view:
+        view = view[os.write(fd, view):]
+    if owner is not None:
+        os.fchown(fd, owner[0], owner[1])
+    os.fchmod(fd, mode)
+
+
+def _create_lock(lock):
+    """Create `lock` holding "PID HOST" atomically (never an empty lock, which could
+    only expire after 5 minutes). Raises FileExistsError if it exists."""
+    create_atomically(lock, ("%d %s\n" % (os.getpid(), _HOST)).encode())
 
 
 def _dotlock(path, deadline):
@@ -218,6 +237,13 @@ def _digest(chunks):
         h.update(c)
         n += len(c)
     return n, h.hexdigest()
+
+
+def _stream_digest(chunks):
+    d = StreamDigest()
+    for c in chunks:
+        d.update(c)
+    return d
 
 
 def _is_prefix(fd, offset, size, expected_chunks):
@@ -324,14 +350,17 @@ def append(path, source, journal, check=None, create_mode=0o600, lock_timeout=60
         st = os.fstat(fd)
         if st.st_nlink != 1:
             return DeliveryStatus("5.2.0", "%s: linked file" % path)
+        repair_pending(fd, st, path)     # a torn append of ANY message goes first
         done = _replay(fd, st, path, source, journal)
         if done is not None:
             return done
         size = os.fstat(fd).st_size
         pad = _pad_for(fd, size)
-        length, digest = _digest(_append_stream(pad, source, stamp))
+        digest = _stream_digest(_append_stream(pad, source, stamp))
+        length = digest.length
         journal.record({"P": path, "D": st.st_dev, "I": st.st_ino, "O": size, "A": pad,
-                        "L": length, "H": digest, "T": stamp})
+                        "L": length, "H": digest.hexdigest(), "T": stamp})
+        pending = write_pending(path, st, size, digest)
         try:
             _write_all(fd, _append_stream(pad, source, stamp))
             os.fsync(fd)
@@ -340,9 +369,13 @@ def append(path, source, journal, check=None, create_mode=0o600, lock_timeout=60
                 os.ftruncate(fd, size)
                 os.fsync(fd)
                 journal.discard()
+                if pending:
+                    clear_pending(path)
             except OSError as e2:
                 log.error("%s: could not roll back a failed append: %s", path, e2)
             return _status_for_oserror(e, path)
+        if pending:
+            clear_pending(path)
         written = os.fstat(fd).st_size - size
         if written != length:
             log.error("%s: append wrote %d bytes, expected %d", path, written, length)
