@@ -37,8 +37,9 @@ offset+length and the bytes there a verified prefix of the recorded append -> tr
 to the offset (a torn append); anything else -> the record is only removed. The
 writer removes its record once its append is fsync'd. Verification of a torn tail:
 the recorded head (pad + From_ line) matches, every complete 16 KB block matches its
-recorded sha256, and the unverified rest holds no line starting with "From " (our
-mbox stream has none after its From_ line). A record
+recorded CRC-32 (it detects other bytes; a forger would have to be the mailbox's
+owner, who can rewrite the mailbox anyway), and the unverified rest holds no line
+starting with "From " (our mbox stream has none after its From_ line). A record
 is written (create O_EXCL, fsync, fsync dir) by the process that appends, i.e. the
 recipient's uid (the child that dropped privileges): in /var/mail (root:mail 2775)
 through the mail group, in a private mail directory as its owner. Security stance:
@@ -47,10 +48,11 @@ uid and naming the open mailbox's device and inode (else it is removed: unlink n
 follows a symlink); 0600. Where the directory is not writable (a /file recipient in a
 foreign directory) there is no record, and only the same message's retry repairs.
 Record format: "V pysendmail-pending 1", then D dev, I inode, O offset, L length,
-B block size, F hex of the head, K comma-separated block hashes (16 hex), ".".
+B block size, F hex of the head, K comma-separated block CRC-32s (8 hex), ".".
 """
 import errno
 import os
+from zlib import crc32           # built in; 10x faster than _sha256 for the block sums
 
 try:
     from _sha256 import sha256   # hashlib would load OpenSSL (start-up cost)
@@ -259,12 +261,12 @@ HEAD_MAX = 1024
 _MAX_RECORD = 1 << 20
 
 
-BLOCK = 16384      # 17 bytes of record per 16 KB appended
+BLOCK = 16384      # 9 bytes of record per 16 KB appended
 
 
 class StreamDigest:
     """One pass over the bytes to append: length, sha256, head (pad + From_ line) and
-    the sha256 (16 hex) of every complete block."""
+    the CRC-32 of every complete block."""
 
     def __init__(self, block=BLOCK):
         self.block = block
@@ -273,7 +275,7 @@ class StreamDigest:
         self.head = b""
         self._head_done = False
         self._full = sha256()
-        self._cur = sha256()
+        self._cur = 0
         self._fill = 0
 
     def update(self, data):
@@ -292,12 +294,12 @@ class StreamDigest:
         view = memoryview(data)
         while view:
             take = min(len(view), self.block - self._fill)
-            self._cur.update(view[:take])
+            self._cur = crc32(view[:take], self._cur)
             self._fill += take
             view = view[take:]
             if self._fill == self.block:
-                self.blocks.append(self._cur.hexdigest()[:16])
-                self._cur = sha256()
+                self.blocks.append("%08x" % self._cur)
+                self._cur = 0
                 self._fill = 0
 
     def hexdigest(self):
@@ -424,7 +426,7 @@ def _is_torn(fd, size, rec):
         return False
     for i in range(full):
         data = os.pread(fd, block, off + i * block)
-        if len(data) != block or sha256(data).hexdigest()[:16] != rec["K"][i]:
+        if len(data) != block or "%08x" % crc32(data) != rec["K"][i]:
             return False
     start = max(off + full * block, off + len(head))
     if start >= size:

@@ -16,9 +16,10 @@ Sendmail): 0 -> 2.0.0; 75 -> 4.0.0 Deferred; 71, 74 (and signals) -> temporary;
 67 -> 5.1.1 User unknown; others -> 5.3.0 with Sendmail's text, or "unknown mailer
 error N". The first line of the program's output (bounded) is added to the reply.
 
-/file: appended in mbox format with the same locks, journal and rollback as a
-mailbox (mbox.append), in a child running as the owner, so the kernel's permission
-checks apply. Refused: symlinks (O_NOFOLLOW), non-regular files, files with more than
+/file: appended in mbox format with the same locks, journal, pending-append record
+(FILE.pysendmail-pending, where the owner may write in the file's directory; see
+journal.py) and rollback as a mailbox (mbox.append), in a child running as the owner,
+so the kernel's permission checks apply. Refused: symlinks (O_NOFOLLOW), non-regular files, files with more than
 one link, executable files, and files neither owned by the owner nor world-writable.
 A missing file is created 0600 by the owner. "/dev/null" is accepted and discarded,
 as Sendmail does. Unlike a mailbox, a program cannot be made exactly-once: one killed
