@@ -6,8 +6,9 @@ as ">From ", and a blank line at the end. A mailbox whose last message lacks tha
 blank line gets one (or two newlines) first, so the new "From " line starts a message.
 
 Locking, all held together while appending (so every reader's convention is honoured):
-a dotlock PATH.lock holding "PID HOST" (made atomically, create_atomically: O_TMPFILE
-then linkat, else a unique temporary name then link(); stale after 5 minutes, or at once when it names a process of this host that
+a dotlock PATH.lock holding "PID HOST" (made atomically by create_atomically:
+O_TMPFILE then linkat, else a unique temporary name then link(), so it is never
+empty; stale after 5 minutes, or at once when it names a process of this host that
 is gone, as after a kill -9; skipped with a log line where the directory is not
 writable to us), an fcntl lock (lockf: F_SETLK on the whole file) and a flock lock.
 Each is tried without blocking and retried until a bounded deadline (option
