@@ -309,3 +309,18 @@ def test_a_large_message_through_the_service_is_kept_whole(daemon_factory, sm_ro
     with open("/proc/%d/status" % d.proc.pid) as f:
         rss = [int(l.split()[1]) for l in f if l.startswith("VmHWM:")][0]
     assert rss < 40 * 1024, "service peak RSS %d KiB" % rss
+
+
+def test_the_service_hands_back_what_is_not_a_plain_submission(daemon_factory, sm_root):
+    """The service takes only plain submissions; for anything else (another mode, a usage
+    error, no recipients) it says NO before the message is sent, and the command does the
+    work itself with the same output as without a service."""
+    daemon_factory()
+    bad = sm_root.run(["-Z", "root"], input=MSG)
+    assert (bad.returncode, bad.stderr) == (64, b"sendmail: illegal option -- Z\n")
+    none = sm_root.run(["-odq"], input=MSG)
+    assert (none.returncode, none.stdout) == (64, b"Recipient names must be specified\n")
+    verify = sm_root.run(["-bv", "root"])
+    assert (verify.returncode, verify.stdout) == (0, b"root... deliverable: mailer local, user root\n")
+    listing = sm_root.run([], prog="mailq")
+    assert listing.returncode == 0 and b"is empty" in listing.stdout

@@ -9,8 +9,6 @@ runs and belongs to the caller, a submission is handed to it over its socket
 import posix
 import sys
 
-from ..errors import EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, MTAError, UsageError
-
 SUBCOMMANDS = ("install", "uninstall", "launchers")
 
 
@@ -30,6 +28,14 @@ def main(argv=None):
             from . import install
             return install.main([args[0]] + args[1:])
         prog = "sendmail"
+    if prog == "sendmail" and "--json" not in args:
+        # The running service takes plain submissions (it decides, from the argv, before
+        # a byte of stdin is read): nothing more is imported on this path.
+        from .relay import submit_to_service
+        status = submit_to_service(argv)
+        if status is not None:
+            return status
+    from ..errors import EX_SOFTWARE, MTAError, UsageError
     json_out = False
     if "--json" in args and (prog == "mailq" or "-bp" in args):
         args = [a for a in args if a != "--json"]
@@ -41,11 +47,6 @@ def main(argv=None):
         _out(e.message, 2 if " -- " in e.message else 1)
         return e.status
     inv.json = json_out
-    if inv.mode == "m" and not inv.queue_run and inv.cf is None:
-        from .relay import submit_to_service
-        status = submit_to_service(argv, inv)
-        if status is not None:
-            return status
     try:
         return _run(inv)
     except MTAError as e:
@@ -87,6 +88,7 @@ def _setup(inv):
 
 
 def _run(inv):
+    from ..errors import EX_OK, EX_UNAVAILABLE
     mode = inv.mode
     layout, options, ident, log = _setup(inv)
     if mode == "p":

@@ -10,19 +10,31 @@ the message is on disk") is unchanged. This is Postfix's postdrop/pickup idea, a
 it is what makes a submission cost little more than the interpreter's start: this
 module imports only the builtins `posix` and `_socket` (and the small wire format).
 
-Anything else (no service, a socket of another uid, a refused connection) returns
-None before a byte of the message is read, and the caller submits directly.
+The service answers GO once it has parsed the argv and found a plain submission
+(-bm, no -C, no queue run); NO, or no service, a socket of another uid, a refused
+connection, returns None before a byte of the message is read, and the command goes
+on by itself (parsing its argv, reporting usage errors, running other modes).
 
 The wire format is proto.submit_wire's.
 """
 import posix
 
-from ..proto.submit_wire import encode_request, parse_answer_head
+from ..proto.submit_wire import GO, encode_request, parse_answer_head
 
 EX_OSERR = 71
 
 
-def submit_to_service(argv, inv):
+def _recv_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def submit_to_service(argv):
     """Submit through the service; returns the exit status, or None to submit directly."""
     from .. import layout as layoutmod
     lay = layoutmod.current()
@@ -45,6 +57,13 @@ def submit_to_service(argv, inv):
         return None
     try:
         s.sendall(encode_request(argv, layoutmod.getenv("HOME") or ""))
+        if _recv_exactly(s, 3) != GO:
+            s.close()           # not a plain submission (or not for the service): do it here
+            return None
+    except OSError:
+        s.close()
+        return None
+    try:
         while True:
             data = posix.read(0, 65536)
             if not data:

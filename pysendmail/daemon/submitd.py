@@ -46,7 +46,7 @@ def handle(sock, layout, options, ident, log):
     """Serve one connection; closes nothing (the caller does)."""
     from ..config import cmdline
     from ..submission.submit import Submission
-    from ..errors import EX_NOPERM, EX_SOFTWARE, EX_USAGE, MTAError, UsageError
+    from ..errors import EX_NOPERM, EX_SOFTWARE, EX_USAGE, MTAError
     from ..config import options as optmod
 
     def answer(status, text=b""):
@@ -74,9 +74,13 @@ def handle(sock, layout, options, ident, log):
         inv = cmdline.parse(argv[1:], "sendmail" if prog == "pysendmail" else prog)
         for name in inv.options:
             optmod.check_name(name)
-    except MTAError as e:
-        answer(e.status, (e.message + "\n").encode("utf-8", "surrogateescape"))
+    except MTAError:
+        inv = None              # the command reports its own usage errors
+    if (inv is None or inv.mode != "m" or inv.queue_run or inv.cf is not None
+            or not (inv.recipients or inv.read_recipients)):
+        sock.sendall(wire.NO)
         return
+    sock.sendall(wire.GO)
     opts = dict(options)
     opts.update(inv.options)
     sub = Submission(inv, layout, opts, ident, log, stdin_fd=sock.fileno(), caller=caller)

@@ -6,6 +6,8 @@
 """
 
 MAGIC = b"PSMSUB1 "
+GO = b"GO\n"
+NO = b"NO\n"
 HEAD_LEN = len(MAGIC) + 9          # magic, 8 digits, newline
 
 
