@@ -69,6 +69,7 @@ def _login():
 def _setup(inv):
     from .. import layout as layoutmod
     from ..config import identity, options as optmod
+    from ..errors import MTAError
     from ..log import Logger
     layout = layoutmod.current()
     log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)

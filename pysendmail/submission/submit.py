@@ -17,7 +17,7 @@ import time
 
 from .. import log as logfmt
 from .. import addr as addrmod
-from ..errors import (EX_CANTCREAT, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE, AddressError,
+from ..errors import (EX_CANTCREAT, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_USAGE, AddressError,
                       MTAError)
 from ..model import FAILED, Envelope, Recipient
 from ..cleanup import headers as hdr
