@@ -326,8 +326,7 @@ def deliver(env, rcpt_index, spool, layout, options):
         status = DeliveryStatus("4.3.0", "local delivery error: %s" % (e.strerror or e))
     finally:
         source.close()
-    log.info("%s: to=%s, mailer=%s, dsn=%s, stat=%s", env.qid, rcpt.address, rcpt.mailer,
-             status.status, status.reply)
+    # The queue run logs the outcome in Sendmail's to= form; nothing to add here.
     return status
 
 
