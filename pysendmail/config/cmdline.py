@@ -135,10 +135,10 @@ def _set_option(inv, name, value):
         inv.ignore_dots = value.lower() not in ("f", "false", "no", "0")
         return
     if lname == "deliverymode":
-        inv.delivery_mode = value[:1] or "b"
+        inv.delivery_mode = value[:1] if value != "True" and value else "b"
         return
     if lname == "errormode":
-        inv.error_mode = value[:1] or "p"
+        inv.error_mode = value[:1] if value != "True" and value else "p"
         return
     if lname == "verbose":
         inv.verbose = True
@@ -146,17 +146,9 @@ def _set_option(inv, name, value):
 
 
 def _short_option(inv, text):
-    """-oXvalue: one-letter option X (the old cf form)."""
+    """-oXvalue: one-letter option X (the old cf form), recorded under its long name;
+    `-oi` alone means IgnoreDots=True, `-od`/`-oe` alone the defaults b and p."""
     letter, value = text[:1], text[1:]
-    if letter == "i" and value == "":
-        inv.ignore_dots = True
-        return
-    if letter == "d":
-        inv.delivery_mode = value[:1] or "b"
-        return
-    if letter == "e":
-        inv.error_mode = value[:1] or "p"
-        return
     name = SHORT_OPTIONS.get(letter)
     if name is None:
         return          # meaningless here: accepted and ignored
