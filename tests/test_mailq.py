@@ -43,3 +43,14 @@ def test_json_honours_the_queue_filters(sm_root):
     assert [r["address"] for m in data["messages"] for r in m["recipients"]] == ["bob@example.org"]
     empty = json.loads(sm_root.run(["--json", "-qRnobody.invalid"], prog="mailq", check=True).stdout)
     assert empty["total"] == 0 and empty["messages"] == []
+
+
+def test_queue_run_with_v_shows_the_transcript(sm_root):
+    """`sendmail -q -v` tells what happens to each recipient, as Sendmail's -v does."""
+    sm_root.run(["-odq", "root", "nosuch@example.org"], input=b"Subject: v\n\nx\n", check=True)
+    out = sm_root.run(["-q", "-v"], check=True).stdout.decode()
+    assert out.splitlines() == ["root... Sent"]
+    quiet = sm_root.run(["-q"], check=True).stdout
+    assert quiet == b""
+    left = json.loads(sm_root.run(["--json"], prog="mailq", check=True).stdout)
+    assert [r["address"] for m in left["messages"] for r in m["recipients"]] == ["nosuch@example.org"]
