@@ -43,6 +43,7 @@ class Service:
         self.sock = None
         self.runner = 0          # pid of the queue-run child, 0 when none runs
         self.rerun = False
+        self.submitters = set()  # pids of children serving other users' submissions
 
     def _bind(self):
         import _socket
@@ -142,6 +143,7 @@ class Service:
                 break
             if pid == 0:
                 break
+            self.submitters.discard(pid)
             if pid == self.runner:
                 self.runner = 0
                 if self.rerun:
@@ -182,11 +184,21 @@ class Service:
             return True
 
     def _serve_in_child(self, conn, handle):
-        """Another user's submission is served by a child: a stalled peer delays nobody."""
+        """Another user's submission is served by a child: a stalled peer delays nobody.
+        At most MaxDaemonChildren (default 40) at once; past that the connection is closed
+        before anything is read, and the command submits through the maildrop instead."""
         import socket
         import struct
+        try:
+            limit = int(self.options.get("MaxDaemonChildren") or 40)
+        except ValueError:
+            limit = 40
+        if limit > 0 and len(self.submitters) >= limit:
+            conn.close()
+            return
         pid = os.fork()
         if pid:
+            self.submitters.add(pid)
             conn.close()
             return
         status = 0
