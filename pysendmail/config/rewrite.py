@@ -1,0 +1,521 @@
+"""Sendmail's rewriting engine: rulesets applied to token lists.  Pure, no I/O.
+
+Interface (the cf parser and ``-bt`` build on it):
+
+  Engine(rulesets, classes, macros, maps, ruleset_names, canonify=None,
+         trace=None, operator_chars=".:%@!^/[]+", spacesub=" ")
+      rulesets       {number: [(lhs, rhs), ...]}: the raw cf text of each R
+                     line's LHS and RHS (comment already cut off).  A ruleset
+                     present with [] is empty: a $> call to it is dropped.
+      classes        {name: set of str}; name without braces ("w", "VirtHost").
+                     Membership is case-insensitive, members may be several
+                     tokens ("mail.example.com").
+      macros         {name: str}, one-letter and long names without braces.
+                     $x in a rule is expanded when the rule is compiled (as
+                     Sendmail does when it reads the cf); $&x at run time.
+      maps           {name: object with .lookup(key, args) -> str | None};
+                     optional attributes: keep_quotes (bool), spacesub (str),
+                     tempfail_append (str).  lookup may raise maps.TempFail.
+                     The "host" map for $[ $] defaults to maps.HostMap(canonify).
+      ruleset_names  {name: number} (S name=number).
+      canonify       canonify(host) -> canonical name or None.
+      trace          trace(line) -> None: receives Sendmail's -bt lines
+                     ("%-16.16s   input: tok tok", "%-16.16s returns: ...") and
+                     the text of the engine's errors ("Infinite loop in ...").
+  engine.rewrite(ruleset, tokens) -> (tokens, status)
+      ruleset is a number or a name; status is an int, Sendmail's code:
+      OK (0), EX_DATAERR (expansion too long), EX_CONFIG (unknown ruleset,
+      recursion, bad $n), EX_TEMPFAIL (a map said so), LOOP (a rule applied
+      more than 100 times: Sendmail's rewrite stops there and returns what it
+      has).  engine.messages lists (code, text) of the errors of the last call.
+  engine.run_rulesets([3, 0], tokens) -> (tokens, status)
+  resolve(tokens) -> (mailer, host, user) | None for a "$#" result; host is
+      None without $@; user is the detokenized $: part.
+
+Limits as Sendmail 8.17: 100 applications of one rule in a row; $> nesting
+MAXRULERECURSION = 50; MAXATOM = 1000 tokens.
+"""
+
+from pysendmail.config.tokenize import (
+    DEFAULT_OPERATOR_CHARS, MAXATOM, Meta, detokenize, prescan)
+from pysendmail.config import maps as _maps
+
+OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+LOOP = 70            # EX_SOFTWARE: the status of a syserr'd infinite loop
+MAXRULERECURSION = 50
+MAXLOOP = 100
+MAX_SUBR = 16
+MAX_MAP_ARGS = 10
+
+# LHS operators
+ZANY, ANY, ONE, ZERO, CLASS, NCLASS, DMACRO, LIT = range(8)
+# meta tokens kept in token vectors
+CANONNET = Meta("$#")
+CANONHOST = Meta("$@")
+CANONUSER = Meta("$:")
+CALLSUBR = Meta("$>")
+HOSTBEGIN = Meta("$[")
+HOSTEND = Meta("$]")
+LOOKUPBEGIN = Meta("$(")
+LOOKUPEND = Meta("$)")
+_SIMPLE_META = {"#": CANONNET, "@": CANONHOST, ":": CANONUSER, ">": CALLSUBR,
+                "[": HOSTBEGIN, "]": HOSTEND, "(": LOOKUPBEGIN,
+                ")": LOOKUPEND, "|": Meta("$|"), "?": Meta("$?"),
+                ".": Meta("$.")}
+_LHS_META = {"*": ZANY, "+": ANY, "-": ONE}
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_FOLD = str.maketrans(_UPPER, _UPPER.lower())
+
+
+def fold(s):
+    """ASCII-only lower case, as Sendmail's case-insensitive compares."""
+    return s.translate(_FOLD)
+
+
+class _Op(Meta):
+    """A compiled placeholder inside a rule: ($1, $=w, $&x, $*, ...)."""
+    __slots__ = ("kind", "arg")
+
+    def __new__(cls, text, kind, arg=None):
+        self = Meta.__new__(cls, text)
+        self.kind, self.arg = kind, arg
+        return self
+
+
+def _name_at(text, j):
+    """A macro/class name at text[j]: one character or {long}.  -> (name, next)"""
+    if j >= len(text):
+        return None, j
+    if text[j] == "{":
+        k = text.find("}", j)
+        if k < 0:
+            return text[j + 1:], len(text)
+        return text[j + 1:k], k + 1
+    return text[j], j + 1
+
+
+def _is_meta(tok):
+    return isinstance(tok, Meta)
+
+
+class Engine:
+    """Compiles rules lazily and applies rulesets as Sendmail's rewrite()."""
+
+    def __init__(self, rulesets, classes, macros, maps, ruleset_names,
+                 canonify=None, trace=None,
+                 operator_chars=DEFAULT_OPERATOR_CHARS, spacesub=" "):
+        self.rulesets = rulesets
+        self.classes = classes
+        self.macros = macros
+        self.maps = dict(maps)
+        if "host" not in self.maps:
+            self.maps["host"] = _maps.HostMap("host", canonify=canonify)
+        self.ruleset_names = ruleset_names
+        self.numbers_to_names = {v: k for k, v in ruleset_names.items()}
+        self.canonify = canonify
+        self.trace = trace
+        self.operator_chars = operator_chars
+        self.spacesub = spacesub
+        self.messages = []
+        self._compiled = {}
+        self._folded = {}
+
+    # ---- compilation -------------------------------------------------
+    def _items(self, text, lhs):
+        """Characters and meta tokens of one side of a rule."""
+        out = []
+        i, n = 0, len(text)
+        while i < n:
+            c = text[i]
+            if c != "$" or i + 1 >= n:
+                out.append(c)
+                i += 1
+                continue
+            d = text[i + 1]
+            i += 2
+            if lhs and d in _LHS_META:
+                out.append(_Op("$" + d, _LHS_META[d]))
+            elif lhs and d == "@":
+                out.append(_Op("$@", ZERO))
+            elif d in "=~":
+                name, i = _name_at(text, i)
+                out.append(_Op("$" + d + (name or ""),
+                               CLASS if d == "=" else NCLASS, name or ""))
+            elif d == "&":
+                name, i = _name_at(text, i)
+                out.append(_Op("$&" + (name or ""), DMACRO, name or ""))
+            elif d.isdigit() and not lhs:
+                out.append(_Op("$" + d, "repl", int(d)))
+            elif d in _SIMPLE_META:
+                out.append(_SIMPLE_META[d])
+            elif d == "$":
+                out.append("$")
+            else:
+                name, i = _name_at(text, i - 1)
+                out.extend(self.macros.get(name, ""))
+        return out
+
+    def _compile(self, number):
+        rules = self._compiled.get(number)
+        if rules is None:
+            rules = []
+            for lhs, rhs in self.rulesets.get(number) or ():
+                lt = prescan(self._items(lhs, True), self.operator_chars,
+                             comments=False, ignore=True).tokens or []
+                rt = prescan(self._items(rhs, False), self.operator_chars,
+                             comments=False, ignore=True).tokens or []
+                rules.append((lt, rt))
+            self._compiled[number] = rules
+        return rules
+
+    # ---- helpers -----------------------------------------------------
+    def _error(self, code, text):
+        self.messages.append((code, text))
+        if self.trace is not None:
+            self.trace(text)
+
+    def _in_class(self, name, word):
+        members = self._folded.get(name)
+        if members is None:
+            members = {fold(m) for m in self.classes.get(name, ())}
+            self._folded[name] = members
+        return fold(word) in members
+
+    def ruleset_number(self, ruleset):
+        """A ruleset number from a number, a digit string or a name; None."""
+        if isinstance(ruleset, int):
+            return ruleset
+        ruleset = str(ruleset)
+        if ruleset.isdigit():
+            return int(ruleset)
+        return self.ruleset_names.get(ruleset)
+
+    def _rulename(self, number):
+        return self.numbers_to_names.get(number, str(number))
+
+    def _trace(self, name, what, tokens):
+        if self.trace is not None:
+            self.trace("%-16.16s %s:%s" % (name, what,
+                                           "".join(" " + t for t in tokens)))
+
+    # ---- matching ----------------------------------------------------
+    def _match(self, lhs, pvp):
+        """Sendmail's left-to-right match with backtracking; the list of
+        (first, last) bindings of $* $+ $- $=X $~X, or None."""
+        n, m = len(pvp), len(lhs)
+        mlist = []          # [pattern index, first, last]
+        rv = av = 0
+        while av < n or rv < m:
+            ok = rv < m
+            if ok:
+                rp = lhs[rv]
+                kind = rp.kind if isinstance(rp, _Op) else LIT
+                if av >= n and kind not in (ZANY, ZERO):
+                    ok = False
+                elif kind == CLASS:
+                    last = self._extend_class(rp.arg, pvp, av, av)
+                    if last is None:
+                        ok = False
+                    else:
+                        mlist.append([rv, av, last])
+                        av = last + 1
+                elif kind in (NCLASS, ONE, ANY):
+                    if kind == NCLASS and self._in_class(rp.arg, pvp[av]):
+                        ok = False
+                    else:
+                        mlist.append([rv, av, av])
+                        av += 1
+                elif kind == ZANY:
+                    mlist.append([rv, av, av - 1])
+                elif kind == ZERO:
+                    pass
+                elif kind == DMACRO:
+                    nav = self._match_macro(rp.arg, pvp, av)
+                    if nav is None:
+                        ok = False
+                    else:
+                        av = nav
+                else:
+                    a = pvp[av]
+                    if _is_meta(a) != _is_meta(rp) or fold(a) != fold(rp):
+                        ok = False
+                    else:
+                        av += 1
+            if ok:
+                rv += 1
+                continue
+            # back up
+            while mlist:
+                ent = mlist[-1]
+                rv = ent[0]
+                rp = lhs[rv]
+                av = ent[2] + 1
+                if av >= n:
+                    mlist.pop()
+                    continue
+                if rp.kind in (ANY, ZANY):
+                    ent[2] = av
+                    av += 1
+                    rv += 1
+                    break
+                if rp.kind == CLASS:
+                    last = self._extend_class(rp.arg, pvp, ent[1], av)
+                    if last is not None:
+                        ent[2] = last
+                        av = last + 1
+                        rv += 1
+                        break
+                mlist.pop()
+            else:
+                return None
+        return [(e[1], e[2]) for e in mlist]
+
+    def _extend_class(self, name, pvp, first, start):
+        """The first last >= start such that pvp[first:last+1] is in the
+        class, or None."""
+        for last in range(start, len(pvp)):
+            word = detokenize(pvp[first:last + 1], "\0", self.operator_chars)
+            if self._in_class(name, word):
+                return last
+        return None
+
+    def _match_macro(self, name, pvp, av):
+        value = self.macros.get(name)
+        if value is None:
+            return av
+        rest = fold(value)
+        while rest:
+            if av >= len(pvp) or not pvp[av] or \
+                    not rest.startswith(fold(pvp[av])):
+                return None
+            rest = rest[len(pvp[av]):]
+            av += 1
+        return av
+
+    # ---- rewriting -----------------------------------------------------
+    def rewrite(self, ruleset, tokens):
+        """Apply one ruleset (number or name) to *tokens*."""
+        self.messages = []
+        number = self.ruleset_number(ruleset)
+        if number is None:
+            self._error("554 5.3.5", "Unknown ruleset %s" % ruleset)
+            return list(tokens), EX_CONFIG
+        pvp = list(tokens)
+        status = self._rewrite(pvp, number, 0, MAXATOM)
+        return pvp, status
+
+    def run_rulesets(self, rulesets, tokens):
+        """Apply several rulesets in turn (the -bt "3,0" list); stops at
+        the first one that fails with other than OK/LOOP."""
+        pvp, status = list(tokens), OK
+        messages = []
+        for rs in rulesets:
+            pvp, st = self.rewrite(rs, pvp)
+            messages.extend(self.messages)
+            if st != OK:
+                status = st
+                if st != LOOP:
+                    break
+        self.messages = messages
+        return pvp, status
+
+    def _rewrite(self, pvp, number, reclevel, maxatom):
+        """Rewrite the list *pvp* in place; returns the status."""
+        name = self._rulename(number)
+        self._trace(name, "  input", pvp)
+        if reclevel > MAXRULERECURSION:
+            self._error("554 5.3.0", "rewrite: excessive recursion (max %d), "
+                        "ruleset %s" % (MAXRULERECURSION, name))
+            return EX_CONFIG
+        reclevel += 1
+        rules = self._compile(number)
+        rstat = OK
+        ruleno, loopcount = 0, 0
+        while ruleno < len(rules):
+            if pvp and _is_meta(pvp[0]) and pvp[0] == "$#":
+                break
+            lhs, rhs = rules[ruleno]
+            loopcount += 1
+            if loopcount > MAXLOOP:
+                self._error("554 5.3.5", "Infinite loop in ruleset %s, rule %d"
+                            % (name, ruleno + 1))
+                rstat = LOOP if rstat == OK else rstat
+                break
+            binds = self._match(lhs, pvp)
+            if binds is None:
+                ruleno += 1
+                loopcount = 0
+                continue
+            rvp = rhs
+            nxt = ruleno
+            if rvp and rvp[0] is CANONUSER:
+                rvp = rvp[1:]
+                nxt = ruleno + 1
+            elif rvp and rvp[0] is CANONHOST:
+                rvp = rvp[1:]
+                nxt = len(rules)
+            npvp = []
+            for rp in rvp:
+                if isinstance(rp, _Op) and rp.kind == "repl":
+                    if rp.arg < 1 or rp.arg > len(binds):
+                        self._error("554 5.3.5", "rewrite: ruleset %s: "
+                                    "replacement $%d out of bounds"
+                                    % (name, rp.arg))
+                        return EX_CONFIG
+                    first, last = binds[rp.arg - 1]
+                    npvp.extend(pvp[first:last + 1])
+                elif isinstance(rp, _Op) and rp.kind == DMACRO:
+                    value = self.macros.get(rp.arg)
+                    if value:
+                        scan = prescan(value, self.operator_chars)
+                        if scan.tokens is None:
+                            return EX_DATAERR
+                        npvp.extend(scan.tokens)
+                else:
+                    npvp.append(rp)
+                if len(npvp) >= maxatom:
+                    return self._toolong(name, ruleno)
+            st, npvp = self._lookups(npvp, maxatom)
+            if st is None:
+                return self._toolong(name, ruleno)
+            if st != OK and rstat == OK:
+                rstat = st
+            st = self._callsubr(npvp, reclevel)
+            if rstat == OK or st == EX_TEMPFAIL:
+                rstat = st
+            pvp[:] = npvp
+            if nxt != ruleno:
+                ruleno = nxt
+                loopcount = 0
+        self._trace(name, "returns", pvp)
+        return rstat
+
+    def _toolong(self, name, ruleno):
+        self._error("554 5.3.0", "rewrite: expansion too long")
+        return EX_DATAERR
+
+    def _lookups(self, npvp, maxatom):
+        """Replace $[ host $] and $( map key $@ arg $: default $) in place.
+        -> (status, tokens); status None when the result is too long."""
+        status = OK
+        i = 0
+        while i < len(npvp):
+            tok = npvp[i]
+            if tok is HOSTBEGIN:
+                end, mapname, k = HOSTEND, "host", i + 1
+            elif tok is LOOKUPBEGIN and i + 1 < len(npvp):
+                end, mapname, k = LOOKUPEND, npvp[i + 1], i + 2
+            else:
+                i += 1
+                continue
+            j = k
+            while j < len(npvp) and npvp[j] is not end:
+                j += 1
+            inner = npvp[k:j]
+            key, args, default = [], [], None
+            cur = key
+            for t in inner:
+                if t is CANONHOST:
+                    cur = []
+                    args.append(cur)
+                elif t is CANONUSER:
+                    cur = []
+                    default = cur
+                else:
+                    cur.append(t)
+            repl, st = self._map_lookup(mapname, key, args)
+            if st != OK and status == OK:
+                status = st
+            if repl is None and default is not None:
+                text = detokenize(default, "\0", self.operator_chars)
+                scan = prescan(text, self.operator_chars)
+                new = scan.tokens or []
+            elif repl is None:
+                new = key
+            else:
+                scan = prescan(repl, self.operator_chars)
+                if scan.tokens is None:
+                    return EX_DATAERR, npvp
+                new = scan.tokens
+            npvp[i:j + 1] = new
+            if len(npvp) >= maxatom:
+                return None, npvp
+            i += len(new)
+        return status, npvp
+
+    def _map_lookup(self, mapname, key_tokens, arg_lists):
+        """Sendmail's map_lookup: -> (replacement or None, status)."""
+        m = self.maps.get(mapname)
+        if m is None:
+            self._error("554 5.3.0", "rewrite: map %s not found" % mapname)
+            return None, OK
+        spacesub = getattr(m, "spacesub", None)
+        if spacesub is None:
+            spacesub = self.spacesub
+        key = detokenize(key_tokens, spacesub, self.operator_chars)
+        if not getattr(m, "keep_quotes", False):
+            key = _maps.stripquotes(key)
+        args = [detokenize(a, "\0", self.operator_chars)
+                for a in arg_lists[:MAX_MAP_ARGS - 2]]
+        try:
+            return m.lookup(key, args), OK
+        except _maps.TempFail:
+            app = getattr(m, "tempfail_append", None)
+            if app:
+                return key + app, EX_TEMPFAIL
+            return None, EX_TEMPFAIL
+
+    def _callsubr(self, pvp, reclevel):
+        """Run the $> calls of *pvp* right to left, each on its tail."""
+        calls = []
+        j = 0
+        while j < len(pvp):
+            if pvp[j] is CALLSUBR and j + 1 < len(pvp):
+                target = _maps.stripquotes(pvp[j + 1])
+                number = self.ruleset_number(target)
+                if number is None or number < 0:
+                    self._error("554 5.3.5", "Unknown ruleset %s" % target)
+                    return EX_CONFIG
+                if not self.rulesets.get(number):
+                    del pvp[j:j + 2]
+                    continue
+                if len(calls) + 1 >= MAX_SUBR:
+                    self._error("554 5.3.0", "Too many subroutine calls "
+                                "(%d max)" % MAX_SUBR)
+                    return EX_CONFIG
+                calls.append((number, j))
+            j += 1
+        rstat = OK
+        for number, j in reversed(calls):
+            tail = pvp[j + 2:]
+            st = self._rewrite(tail, number, reclevel, MAXATOM - j)
+            pvp[j:] = tail
+            if st not in (OK, EX_TEMPFAIL, LOOP):
+                return st
+            if rstat == OK or st == EX_TEMPFAIL:
+                rstat = st
+        return rstat
+
+
+def resolve(tokens, spacesub=" ", operator_chars=DEFAULT_OPERATOR_CHARS):
+    """Split a "$# mailer $@ host $: user" result -> (mailer, host, user),
+    or None when *tokens* does not start with $#."""
+    if not tokens or not (_is_meta(tokens[0]) and tokens[0] == "$#"):
+        return None
+    parts = {"$#": [], "$@": None, "$:": None}
+    cur = parts["$#"]
+    for tok in tokens[1:]:
+        if _is_meta(tok) and tok in ("$@", "$:"):
+            cur = parts[tok] = []
+        else:
+            cur.append(tok)
+    mailer = detokenize(parts["$#"], spacesub, operator_chars)
+    host = parts["$@"]
+    host = None if host is None else detokenize(host, spacesub,
+                                                operator_chars)
+    user = detokenize(parts["$:"] or [], spacesub, operator_chars)
+    return mailer, host, user
