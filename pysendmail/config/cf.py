@@ -1,0 +1,511 @@
+"""Reading sendmail.cf: line preparation as Sendmail's readcf() does it, the lark grammar
+(sendmail_cf.lark) for each logical line, and a cache of the parsed form.
+
+    load(path, warn=None, cache_dir=None) -> CfConfig    # what callers use
+    parse(path, warn=None) -> CfConfig                   # always parses (imports lark)
+    parse_text(text, path, warn=None) -> CfConfig
+
+Line preparation (Sendmail's fgetfolded() and translate_dollars()): a line starting with
+a space or TAB continues the previous one and the newline is kept in the joined text (the
+rewriting tokenizer treats it as white space; header values keep their folding); a line
+starting with `#` is a comment (with its continuation lines); elsewhere `#` starts an
+on-line comment unless written `$#` or `\\#` (the backslash is dropped); trailing white
+space is stripped; empty lines are skipped.
+
+Errors.  A line whose first character is no cf line type, or a malformed P line, is what
+Sendmail calls an "unknown configuration line": a warning `file:line: message: text` goes
+to `warn` (and into CfConfig.warnings) and the line is skipped.  A malformed line of a
+known type raises CfError (EX_CONFIG, 78) with file:line:column, the line and a caret.
+A cf that cannot be opened raises ConfigError with Sendmail's text
+`<path>: line 0: cannot open: <strerror>` and EX_OSFILE (72).
+
+Named rulesets are numbered as Sendmail 8.17's strtorwset() does: `Sname=N` gives N; a
+name first met without a number (on an S line, or in a mailer's S=/R= equate, which
+Sendmail also enters) takes the next number counting down from 199 (MAXRWSETS 200);
+numbers must be below 100 (MAXRWSETS / 2).  `$>name` calls in rules are resolved when
+the rules run, as in Sendmail, and assign nothing here.
+
+The cache.  With `cache_dir`, load() keeps the parsed form as `marshal`led plain data in
+`cache_dir/cf-<sha256 of the absolute path>.cache`, keyed on the SHA-256 of the file's
+contents (safer than size + mtime: an edit within the same second and a file replaced
+by one of the same size are both seen) and on CACHE_VERSION (bump it whenever the parser
+or the model changes).  The file is written to a temporary name and renamed into place.
+A cache hit reads the cf, hashes it (about 0.2 ms for Debian's 80 KB cf) and unmarshals:
+lark, re, hashlib and pickle are not imported.  An unreadable, corrupted or stale cache
+is ignored and rewritten; a cache directory that cannot be written is not an error.
+"""
+import marshal
+import os
+
+from ..errors import ConfigError, EX_CONFIG, EX_OSFILE
+from .cf_model import (CfConfig, ClassFile, Header, MapSpec, Mailer, Milter, QueueGroup,
+                       Rule, Ruleset, MAILER_EQUATES)
+
+try:                                    # the bare C module: hashlib costs ~7 ms to import
+    from _sha2 import sha256 as _sha256
+except ImportError:                     # pragma: no cover - depends on the Python version
+    try:
+        from _sha256 import sha256 as _sha256
+    except ImportError:
+        from hashlib import sha256 as _sha256
+
+CACHE_VERSION = 1
+_CACHE_MAGIC = "pysendmail-cf"
+MAXRWSETS = 200
+LINE_TYPES = "VDCFOHMSRKPTEQXLG"
+_KIND_NAMES = {
+    "V": "V (version)", "D": "D (macro)", "C": "C (class)", "F": "F (class file)",
+    "O": "O (option)", "H": "H (header)", "M": "M (mailer)", "S": "S (ruleset)",
+    "R": "R (rewriting rule)", "K": "K (map)", "P": "P (precedence)",
+    "T": "T (trusted users)", "E": "E (environment)", "Q": "Q (queue group)",
+    "X": "X (milter)", "L": "L", "G": "G",
+}
+# One-letter options that pysendmail.config.cmdline.SHORT_OPTIONS does not name.
+_MORE_SHORT_OPTIONS = {"I": "ResolverOptions", "J": "ForwardPath"}
+
+
+class CfError(ConfigError):
+    """A malformed cf line: `file:line:column: message`, then the line and a caret."""
+
+    def __init__(self, message, file=None, line=None, column=None, text=None,
+                 status=EX_CONFIG):
+        self.reason = message
+        self.file = file
+        self.line = line
+        self.column = column
+        self.text = text
+        if file is not None:
+            where = "%s:%d:%d" % (file, line, column) if column else "%s:%d" % (file, line)
+            message = "%s: %s" % (where, message)
+            if text is not None:
+                message += "\n%s\n%s^" % (text, " " * max(0, (column or 1) - 1))
+        super().__init__(message, status)
+
+
+# ---------------------------------------------------------------- reading and preparing
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError("%s: line 0: cannot open: %s" % (path, e.strerror or e),
+                          EX_OSFILE) from None
+
+
+def _strip_comments(line):
+    """translate_dollars()'s comment handling: drop on-line comments, keep `$#`, unescape
+    `\\#`; then strip trailing white space."""
+    if "#" in line:
+        out = []
+        i = 0
+        n = len(line)
+        while i < n:
+            c = line[i]
+            if c == "$" and i + 1 < n and line[i + 1] in "$#":
+                out.append(line[i:i + 2])
+                i += 2
+                continue
+            if c == "#" and i > 0:
+                if out and out[-1] == "\\":
+                    out[-1] = "#"
+                    i += 1
+                    continue
+                while out and out[-1] in " \t":
+                    out.pop()
+                nl = line.find("\n", i)
+                if nl < 0:
+                    break
+                i = nl
+                continue
+            out.append(c)
+            i += 1
+        line = "".join(out)
+    return line.rstrip()
+
+
+def logical_lines(text):
+    """Yield (first physical line number, prepared logical line) for each line to parse."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    start = 0
+    buf = None
+    for number, raw in enumerate(lines, 1):
+        if raw.endswith("\r"):
+            raw = raw[:-1]
+        if buf is not None and raw[:1] in (" ", "\t"):
+            buf.append(raw)
+            continue
+        if buf is not None:
+            yield start, buf
+        start, buf = number, [raw]
+    if buf is not None:
+        yield start, buf
+
+
+# ---------------------------------------------------------------- the lark parser
+
+_PARSER = None
+
+
+def _parser():
+    global _PARSER
+    if _PARSER is None:
+        import lark
+        grammar = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sendmail_cf.lark")
+        with open(grammar, encoding="utf-8") as f:
+            _PARSER = lark.Lark(f.read(), parser="lalr", lexer="contextual",
+                                propagate_positions=True, maybe_placeholders=False)
+    return _PARSER
+
+
+class _Reader:
+    """Turns the parse trees of one file's lines into a CfConfig."""
+
+    def __init__(self, path, warn):
+        self.cf = CfConfig(path)
+        self.path = path
+        self.warn_cb = warn
+        self.nextruleset = MAXRWSETS
+        self.current = None           # the Ruleset R lines go to
+        self.lineno = 0
+        self.text = ""
+
+    # -- diagnostics
+    def warn(self, message, line=None, text=None):
+        line = self.lineno if line is None else line
+        text = self.text if text is None else text
+        self.cf.warnings.append((self.path, line, message, text))
+        if self.warn_cb is not None:
+            self.warn_cb("%s:%d: %s: %s" % (self.path, line, message, text))
+
+    def error(self, message, pos=0):
+        """CfError at offset pos of the logical line (mapped to its physical line)."""
+        text = self.text
+        pos = max(0, min(pos, len(text)))
+        line = self.lineno + text.count("\n", 0, pos)
+        begin = text.rfind("\n", 0, pos) + 1
+        end = text.find("\n", pos)
+        physical = text[begin:end if end >= 0 else len(text)]
+        raise CfError(message, self.path, line, pos - begin + 1, physical)
+
+    # -- one line
+    def line(self, lineno, text):
+        self.lineno = lineno
+        self.text = text
+        kind = text[0]
+        if kind not in LINE_TYPES:
+            self.warn("unknown configuration line")
+            return
+        import lark
+        try:
+            tree = _parser().parse(text)
+        except lark.exceptions.UnexpectedInput as e:
+            if kind == "P":
+                self.warn("unknown configuration line")
+                return
+            self.error(self.syntax_message(kind, e), self.error_pos(e))
+        getattr(self, "do_" + tree.data)(tree)
+
+    def error_pos(self, e):
+        import lark
+        if isinstance(e, lark.exceptions.UnexpectedCharacters):
+            return e.pos_in_stream
+        token = getattr(e, "token", None)
+        if token is None or token.type == "$END" or token.start_pos is None:
+            return len(self.text)
+        return token.start_pos
+
+    def syntax_message(self, kind, e):
+        text = self.text
+        at = self.error_pos(e)
+        if kind == "R" and "\t" not in text:
+            return "invalid rewrite line (tab expected)"
+        if kind == "R" and text[1:2] == "\t":
+            return "R line: null LHS"
+        if kind == "M" and (len(text) == 1 or text[1] in ", \t\n"):
+            return "name required for mailer"
+        if kind in "MQX":
+            name = text[1:].split(",")[0].split()[0] if text[1:].split() else ""
+            return "%s %s: `=' expected" % ({"M": "mailer", "Q": "queue group",
+                                             "X": "milter"}[kind], name)
+        if kind == "K":
+            words = text[1:].split()
+            if not words:
+                return "readcf: config K line: no map name"
+            if len(words) == 1:
+                return "readcf: config K line, map %s: no map class" % words[0]
+        if kind == "H" and ":" not in text:
+            return "header syntax error (no colon)"
+        found = "end of line" if at >= len(text) else repr(text[at])
+        return "syntax error in %s line: unexpected %s" % (_KIND_NAMES[kind], found)
+
+    def origin(self, kind, name):
+        self.cf.origins[(kind, name)] = (self.path, self.lineno)
+
+    # -- the line types
+    @staticmethod
+    def _name(tree):
+        token = tree.children[0]
+        return token[1:-1] if token.type == "LONGNAME" else str(token)
+
+    @staticmethod
+    def _tokens(tree):
+        return {t.type: str(t) for t in tree.children if hasattr(t, "type")}
+
+    def do_version(self, tree):
+        self.cf.version = str(tree.children[0]) if tree.children else ""
+
+    def do_macro(self, tree):
+        name = self._name(tree)
+        self.cf.macros[name] = str(tree.children[1]) if len(tree.children) > 1 else ""
+        self.origin("D", name)
+
+    def do_class_words(self, tree):
+        name = self._name(tree)
+        words = str(tree.children[1]).split() if len(tree.children) > 1 else []
+        self.add_class(name, words)
+
+    def add_class(self, name, words):
+        members = self.cf.classes.setdefault(name, [])
+        if ("C", name) not in self.cf.origins:
+            self.origin("C", name)
+        for word in words:
+            if word not in members:
+                members.append(word)
+
+    def do_class_file(self, tree):
+        name = self._name(tree)
+        tok = self._tokens(tree)
+        optional = "OPTFLAG" in tok
+        if "PIPE" in tok:
+            path, fmt = tok["PIPE"], "%s"
+        else:
+            path, fmt = tok["FILEPATH"], tok.get("SCANF", "%s")
+        self.cf.class_files.append(ClassFile(name, path, optional, fmt, self.path, self.lineno))
+        self.cf.classes.setdefault(name, [])
+
+    def set_option(self, name, value):
+        self.cf.options[name] = value
+        self.cf.option_list.append((name, value, self.path, self.lineno))
+        self.origin("O", name)
+
+    def do_long_option(self, tree):
+        tok = self._tokens(tree)
+        self.set_option(tok["OPTNAME"], tok.get("OPTVALUE", "").strip())
+
+    def do_short_option(self, tree):
+        from .cmdline import SHORT_OPTIONS
+        tok = self._tokens(tree)
+        letter = tok["OPTLETTER"]
+        value = tok.get("OPTVALUE", "")
+        if letter == "M":               # OMxvalue: the old way to define a macro
+            if value:
+                self.cf.macros[value[0]] = value[1:]
+                self.origin("D", value[0])
+            return
+        name = SHORT_OPTIONS.get(letter) or _MORE_SHORT_OPTIONS.get(letter)
+        if name is None:
+            self.warn("readcf: unknown option name 0x%x" % ord(letter))
+            name = letter
+        self.set_option(name, value.strip())
+
+    def do_header(self, tree):
+        tok = self._tokens(tree)
+        flags = tok.get("HFLAGS", "") if self.text[1:2] == "?" else None
+        self.cf.headers.append(Header(flags, tok["HNAME"], tok.get("HVALUE", ""),
+                                      self.path, self.lineno))
+
+    def equates(self, tree, kind):
+        name = str(tree.children[0])
+        equate = {}
+        for eq in tree.children[1].children:
+            code = str(eq.children[0])
+            value = str(eq.children[2]).rstrip() if len(eq.children) > 2 else ""
+            if kind == "M" and code[0] not in MAILER_EQUATES:
+                self.warn("M%s: unknown mailer equate %s=" % (name, code[0]))
+            equate[code] = value
+        return name, equate
+
+    def do_mailer(self, tree):
+        name, equate = self.equates(tree, "M")
+        mailer = Mailer(name, equate, self.path, self.lineno)
+        for code in ("S", "R"):         # makemailer() enters these ruleset names
+            value = mailer.field(code)
+            for part in (value or "").split("/")[:2]:
+                part = part.strip()
+                if part and not part.isdigit():
+                    self.ruleset_number(part, None, 0)
+        self.cf.mailers[name] = mailer
+
+    def do_queue_group(self, tree):
+        name, equate = self.equates(tree, "Q")
+        self.cf.queue_groups[name] = QueueGroup(name, equate, self.path, self.lineno)
+
+    def do_milter(self, tree):
+        name, equate = self.equates(tree, "X")
+        self.cf.milters[name] = Milter(name, equate, self.path, self.lineno)
+
+    def ruleset_number(self, name, number, pos):
+        """strtorwset(..., ST_ENTER) for a name, with an explicit number or None."""
+        known = self.cf.ruleset_names.get(name)
+        if number is None:
+            if known is not None:
+                return known
+            self.nextruleset -= 1
+            number = self.nextruleset
+            if number < MAXRWSETS // 2:
+                self.error("%s: too many named rulesets (%d max)" % (name, MAXRWSETS // 2),
+                           pos)
+        elif known is not None and known != number:
+            self.error("%s: ruleset changed value (old %d, new %d)" % (name, known, number),
+                       pos)
+        self.cf.ruleset_names[name] = number
+        return number
+
+    def do_ruleset(self, tree):
+        tok = {t.type: t for t in tree.children}
+        name = None
+        if "RSNAME" in tok:
+            name = str(tok["RSNAME"])
+            number = None
+            if "RSNUMBER" in tok:
+                number = int(tok["RSNUMBER"])
+                if number >= MAXRWSETS // 2:
+                    self.error('bad ruleset number %d in "%s" (%d max)'
+                               % (number, name, MAXRWSETS // 2), tok["RSNUMBER"].start_pos)
+            number = self.ruleset_number(name, number, tok["RSNAME"].start_pos)
+        else:
+            number = int(tok["RSNUMBER"])
+            if number >= MAXRWSETS // 2:
+                self.error("bad ruleset %d (%d max)" % (number, MAXRWSETS // 2),
+                           tok["RSNUMBER"].start_pos)
+        rs = self.cf.rulesets.get(number)
+        if rs is None:
+            rs = self.cf.rulesets[number] = Ruleset(number, name, self.path, self.lineno)
+        elif name is not None:
+            rs.name = name
+        self.current = rs
+
+    def do_rule(self, tree):
+        if self.current is None:
+            self.error('missing valid ruleset for "%s"' % self.text, 0)
+        tok = self._tokens(tree)
+        self.current.rules.append(Rule(tok["LHS"].strip(), tok["RHS"].strip(),
+                                       tok.get("COMMENT", "").strip(), self.path, self.lineno))
+
+    def do_map(self, tree):
+        tok = self._tokens(tree)
+        name = tok["MAPNAME"]
+        self.cf.maps[name] = MapSpec(name, tok["MAPCLASS"], tok.get("MAPARGS", ""),
+                                     self.path, self.lineno)
+
+    def do_precedence(self, tree):
+        tok = self._tokens(tree)
+        name = tok["PNAME"]
+        value = tok.get("PVALUE", "").strip()
+        digits = value[1:] if value[:1] in "+-" else value
+        end = 0
+        while end < len(digits) and digits[end].isdigit():
+            end += 1
+        number = int(digits[:end]) if end else 0       # atoi()
+        self.cf.precedences[name] = -number if value[:1] == "-" else number
+        self.origin("P", name)
+
+    def do_trusted(self, tree):
+        words = str(tree.children[0]).split() if tree.children else []
+        for word in words:
+            if word not in self.cf.trusted_users:
+                self.cf.trusted_users.append(word)
+        self.add_class("t", words)
+
+    def do_environ(self, tree):
+        tok = self._tokens(tree)
+        name = tok["ENAME"]
+        self.cf.environ[name] = tok.get("EVALUE", "") if "=" in self.text else None
+        self.origin("E", name)
+
+    def do_l_line(self, tree):
+        self.cf.other_lines.append(("L", self.text[1:], self.path, self.lineno))
+
+    def do_g_line(self, tree):
+        self.cf.other_lines.append(("G", self.text[1:], self.path, self.lineno))
+
+
+def parse_text(text, path="sendmail.cf", warn=None):
+    """Parse the text of a cf (path is used in messages and origins)."""
+    reader = _Reader(path, warn)
+    for lineno, parts in logical_lines(text):
+        if parts[0][:1] == "#":
+            continue
+        line = _strip_comments("\n".join(parts))
+        if not line:
+            continue
+        reader.line(lineno, line)
+    return reader.cf
+
+
+def _decode(data):
+    return data.decode("utf-8", "surrogateescape")
+
+
+def parse(path, warn=None):
+    """Read and parse a cf; no cache."""
+    return parse_text(_decode(_read(path)), path, warn)
+
+
+# ---------------------------------------------------------------- the cache
+
+def cache_file(path, cache_dir):
+    """Where load() keeps the compiled form of the cf at path."""
+    key = _sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
+    return os.path.join(cache_dir, "cf-%s.cache" % key[:32])
+
+
+def _load_cached(where, digest, path, warn):
+    try:
+        with open(where, "rb") as f:
+            magic, version, key, plain = marshal.loads(f.read())
+        if magic != _CACHE_MAGIC or version != CACHE_VERSION or key != digest:
+            return None
+        cf = CfConfig.from_plain(plain)
+        if cf.path != path:
+            return None
+    except Exception:       # unreadable, truncated, corrupted: rebuild it
+        return None
+    if warn is not None:
+        for file, line, message, text in cf.warnings:
+            warn("%s:%d: %s: %s" % (file, line, message, text))
+    return cf
+
+
+def _store(where, digest, cf):
+    tmp = "%s.%d.tmp" % (where, os.getpid())
+    try:
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        blob = marshal.dumps((_CACHE_MAGIC, CACHE_VERSION, digest, cf.to_plain()))
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, where)
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load(path, warn=None, cache_dir=None):
+    """The CfConfig of the cf at path: from the cache in cache_dir when the file's contents
+    are those cached, else parsed (and cached when cache_dir is given)."""
+    data = _read(path)
+    if cache_dir is None:
+        return parse_text(_decode(data), path, warn)
+    digest = _sha256(data).hexdigest()
+    where = cache_file(path, cache_dir)
+    cf = _load_cached(where, digest, path, warn)
+    if cf is not None:
+        return cf
+    cf = parse_text(_decode(data), path, warn)
+    _store(where, digest, cf)
+    return cf
