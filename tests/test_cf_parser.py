@@ -410,3 +410,16 @@ def test_submission_side_modules_do_not_import_lark():
                     "print(sorted(m for m in ('lark', 're', 'hashlib', 'pickle') "
                     "if m in sys.modules))")
     assert out.strip() == "[]"
+
+
+def test_eight_bit_and_crlf_lines_survive_the_cache(tmp_path):
+    cache = str(tmp_path / "cache")
+    path = tmp_path / "latin1.cf"
+    path.write_bytes(b"V10\r\nDxcaf\xe9 \r\nS0\r\nR$*\t$@ caf\xe9\t# \xe9\r\n")
+    first = cf.load(str(path), cache_dir=cache)
+    assert os.path.exists(cf.cache_file(str(path), cache))      # marshal keeps surrogates
+    again = cf.load(str(path), cache_dir=cache)
+    assert first.macros["x"] == again.macros["x"] == "caf\udce9"
+    rule = again.rulesets[0].rules[0]
+    assert (rule.lhs, rule.rhs, rule.comment) == ("$*", "$@ caf\udce9", "")
+    assert rule.rhs.encode("utf-8", "surrogateescape") == b"$@ caf\xe9"

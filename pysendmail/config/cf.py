@@ -10,7 +10,10 @@ a space or TAB continues the previous one and the newline is kept in the joined 
 rewriting tokenizer treats it as white space; header values keep their folding); a line
 starting with `#` is a comment (with its continuation lines); elsewhere `#` starts an
 on-line comment unless written `$#` or `\\#` (the backslash is dropped); trailing white
-space is stripped; empty lines are skipped.
+space is stripped; empty lines are skipped.  (Sendmail drops on-line comments only from
+`V3` on; every cf in use today is V10, so pysendmail always does.)  Line numbers are those
+of the first physical line of a logical line; an error inside a continuation line is
+reported on its own physical line and column.
 
 Errors.  A line whose first character is no cf line type, or a malformed P line, is what
 Sendmail calls an "unknown configuration line": a warning `file:line: message: text` goes
