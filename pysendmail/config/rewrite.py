@@ -4,6 +4,8 @@ Interface (the cf parser and ``-bt`` build on it):
 
   Engine(rulesets, classes, macros, maps, ruleset_names, canonify=None,
          trace=None, operator_chars=".:%@!^/[]+", spacesub=" ")
+      spacesub       the BlankSub option: put between two atoms when tokens
+                     are joined (map keys and arguments, class matches).
       rulesets       {number: [(lhs, rhs), ...]}: the raw cf text of each R
                      line's LHS and RHS (comment already cut off).  A ruleset
                      present with [] is empty: a $> call to it is dropped.
@@ -160,6 +162,12 @@ class Engine:
         return out
 
     def _compile(self, number):
+        if not self._compiled:
+            # all at once, on first use: $x takes the value macros had then,
+            # as Sendmail expands $x when it reads the cf
+            self._compiled[None] = []
+            for other in self.rulesets:
+                self._compile(other)
         rules = self._compiled.get(number)
         if rules is None:
             rules = []
@@ -278,7 +286,8 @@ class Engine:
         """The first last >= start such that pvp[first:last+1] is in the
         class, or None."""
         for last in range(start, len(pvp)):
-            word = detokenize(pvp[first:last + 1], "\0", self.operator_chars)
+            word = detokenize(pvp[first:last + 1], self.spacesub,
+                              self.operator_chars)
             if self._in_class(name, word):
                 return last
         return None
@@ -431,7 +440,7 @@ class Engine:
             if st != OK and status == OK:
                 status = st
             if repl is None and default is not None:
-                text = detokenize(default, "\0", self.operator_chars)
+                text = detokenize(default, self.spacesub, self.operator_chars)
                 scan = prescan(text, self.operator_chars)
                 new = scan.tokens or []
             elif repl is None:
@@ -459,7 +468,7 @@ class Engine:
         key = detokenize(key_tokens, spacesub, self.operator_chars)
         if not getattr(m, "keep_quotes", False):
             key = _maps.stripquotes(key)
-        args = [detokenize(a, "\0", self.operator_chars)
+        args = [detokenize(a, self.spacesub, self.operator_chars)
                 for a in arg_lists[:MAX_MAP_ARGS - 2]]
         try:
             return m.lookup(key, args), OK

@@ -233,15 +233,12 @@ def is_atom(token, operator_chars=DEFAULT_OPERATOR_CHARS):
 
 def detokenize(tokens, spacesub=" ", operator_chars=DEFAULT_OPERATOR_CHARS):
     """Join *tokens* as Sendmail's cataddr: no spaces, except *spacesub*
-    between two atoms.  spacesub "" joins them; "\\0" truncates the result
-    there as Sendmail's NUL separator does."""
+    between two atoms (spacesub "" joins them)."""
     out = []
     prev_atom = False
     for tok in tokens:
         atom = is_atom(tok, operator_chars)
         if prev_atom and atom:
-            if spacesub == "\0":
-                break
             out.append(spacesub)
         out.append(tok)
         prev_atom = atom
