@@ -413,3 +413,180 @@ def test_canonical_result_stops_ruleset():
     assert resolve(out) == ("local", None, "$#")
     out, _ = engine.rewrite(0, ["u", "@", "h"])
     assert resolve(out) == ("local", None, "u@h")
+
+
+# -------------------------------------------------------------------- maps
+def lookup_via_engine(m, key, *args, default=None):
+    """$( m key $@ args $: default $) through the engine."""
+    rhs = "$@ $(m " + key + "".join(" $@ " + a for a in args)
+    if default is not None:
+        rhs += " $: " + default
+    engine = make({1: ["$*\t" + rhs + " $)"]}, maps={"m": m})
+    return rw(engine, 1, "x")
+
+
+def test_map_dequote():
+    m = M.make_map("dequote", "dequote", [])
+    assert m.lookup('"john.doe"') == "john.doe"
+    assert m.lookup('"a b"') is None              # would need quotes
+    assert m.lookup("abc") is None                # nothing to remove
+    assert m.lookup('"\\"quoted\\""<@x>') == '\\"quoted\\"<@x>'
+    assert lookup_via_engine(m, '"john.doe"') == ("john . doe", OK)
+    assert lookup_via_engine(m, "plain") == ("plain", OK)
+
+
+def test_map_macro():
+    macros = {}
+    m = M.make_map("storage", "macro", [], macros=macros)
+    assert lookup_via_engine(m, "{x}", "value") == ("", OK)
+    assert macros == {"x": "value"}
+    assert lookup_via_engine(m, "{x}") == ("", OK)
+    assert macros == {}
+
+
+@pytest.mark.parametrize("op,a,b,result", [
+    ("+", "2", "3", "5"), ("-", "2", "3", "-1"), ("*", "4", "5", "20"),
+    ("/", "7", "2", "3"), ("/", "-7", "2", "-3"), ("%", "7", "3", "1"),
+    ("|", "0x10", "1", "17"), ("&", "6", "3", "2"), ("l", "1", "2", "TRUE"),
+    ("l", "2", "1", "FALSE"), ("=", "010", "8", "TRUE"), ("/", "1", "0", None),
+    ("?", "1", "2", None),
+])
+def test_map_arith(op, a, b, result):
+    m = M.make_map("arith", "arith", [])
+    assert m.lookup(op, [a, b]) == result
+    assert m.lookup("+", ["1"]) is None
+    r = m.lookup("r", ["3", "5"])
+    assert r in ("3", "4", "5")
+
+
+def test_map_arith_in_rules():
+    m = M.make_map("arith", "arith", [])
+    assert lookup_via_engine(m, "+", "40", "2") == ("42", OK)
+    assert lookup_via_engine(m, "/", "1", "0", default="nan") == ("nan", OK)
+
+
+def test_map_regex():
+    m = M.make_map("r", "regex", ["-a@MATCH", r"^[0-9]+\.example$"])
+    assert m.lookup("12.EXAMPLE") == "@MATCH"      # case-insensitive
+    assert m.lookup("x12.example") is None
+    m = M.make_map("r", "regex", ["-f", "-a@MATCH", "^abc$"])
+    assert m.lookup("ABC") is None
+    m = M.make_map("r", "regex", ["-m", "^abc"])
+    assert m.lookup("abcdef") == "abcdef"
+    m = M.make_map("r", "regex", ["-n", "-a!", "^abc"])
+    assert m.lookup("xyz") == "!" and m.lookup("abc") is None
+    m = M.make_map("r", "regex", ["-s2,1", "-d+", "^([a-z]+)@([a-z]+)$"])
+    assert m.lookup("user@host") == "host+user"
+    assert lookup_via_engine(M.make_map("r", "regex", ["-a.OK", "^x$"]),
+                             "x") == (". OK", OK)
+    assert M.make_map("r", "regex", ["("]).open_error
+
+
+def test_map_text_and_hash(tmp_path):
+    text = tmp_path / "users"
+    text.write_text("# comment\nalice:Alice A:/home/alice\nbob:Bob:/home/bob\n")
+    m = M.make_map("t", "text", ["-z:", "-k0", "-v2", str(text)])
+    assert m.lookup("ALICE") == "/home/alice"
+    assert m.lookup("carol") is None
+    src = tmp_path / "virtusertable"
+    src.write_text("info@example.com\tjoe\n@example.com\terror:nouser %1\n"
+                   "Fold@X\tfolded\n")
+    m = M.make_map("v", "hash", ["-o", str(src)])
+    assert m.lookup("info@example.com") == "joe"
+    assert m.lookup("@example.com", ["bob"]) == "error:nouser bob"
+    assert m.lookup("fold@x") == "folded"          # makemap folds keys
+    assert lookup_via_engine(m, "info@example.com") == ("joe", OK)
+    m = M.make_map("v", "btree", ["-N", "-O", "-a.FOUND", str(src)])
+    assert m.lookup("info@example.com") == "joe.FOUND"
+    m = M.make_map("v", "hash", ["-m", str(src)])
+    assert m.lookup("INFO@example.com") == "INFO@example.com"
+    # <file>.txt when <file> is a compiled database or absent
+    (tmp_path / "access.txt").write_text("127.0.0.1 RELAY\n")
+    m = M.make_map("a", "hash", [str(tmp_path / "access")])
+    assert m.lookup("127.0.0.1") == "RELAY" and m.open_error is None
+    # a missing source: -o is silent, without it an open error is kept
+    m = M.make_map("n", "hash", ["-o", str(tmp_path / "nope")])
+    assert m.lookup("k") is None and m.open_error is None
+    m = M.make_map("n", "hash", [str(tmp_path / "nope")])
+    assert m.lookup("k") is None and m.open_error
+    # edits are seen
+    src.write_text("info@example.com\tjane\n")
+    os.utime(src, (time.time() + 5, time.time() + 5))
+    m2 = M.make_map("v", "hash", [str(src)])
+    assert m2.lookup("info@example.com") == "jane"
+
+
+def test_map_sequence_switch_stab_user_host():
+    maps = {}
+    maps["a"] = M.make_map("a", "stab", [], stab={"K1": "from-a"})
+    maps["b"] = M.make_map("b", "stab", [], stab={"k1": "from-b",
+                                                   "k2": "b2"})
+    maps["seq"] = M.make_map("seq", "sequence", ["a", "b"], maps=maps)
+    assert maps["seq"].lookup("k1") == "from-a"
+    assert maps["seq"].lookup("k2") == "b2"
+    assert maps["seq"].lookup("k3") is None
+    maps["aliases.files"] = maps["b"]
+    sw = M.make_map("aliases", "switch", ["aliases"], maps=maps,
+                    services={"aliases": ["files", "nis"]})
+    assert sw.lookup("k2") == "b2"
+    u = M.make_map("u", "user", ["-vdir"])
+    assert u.lookup("root") == "/root"
+    assert M.make_map("u", "user", []).lookup("root") == "root"
+    assert u.lookup("no-such-user-xyz") is None
+    h = M.make_map("host", "host", ["-T<TEMP>"], canonify=hosts_canonify())
+    assert h.lookup("www") == "www.example.org."
+    assert h.lookup("nosuchhost") is None
+    assert M.make_map("n", "nosuchclass", []) is None
+
+    def failing(host):
+        raise M.TempFail(host)
+    h = M.make_map("host", "host", ["-T<TEMP>"], canonify=failing)
+    engine = make({1: ["$*\t$@ $[ $1 $]"]}, maps={"host": h})
+    assert rw(engine, 1, "h") == ("h < TEMP >", EX_TEMPFAIL)
+    seq = M.SequenceMap("s", None, ["host"], {"host": h})
+    with pytest.raises(M.TempFail):
+        seq.lookup("h")
+
+
+def test_stripquotes():
+    assert M.stripquotes('"a b"') == "a b"
+    assert M.stripquotes('\\"x\\\\') == '"x\\'
+
+
+# -------------------------------------------------------- property test
+def test_engine_never_crashes_or_hangs():
+    hyp = pytest.importorskip("hypothesis") if not os.environ.get("CI") \
+        else __import__("hypothesis")
+    st = hyp.strategies
+    token = st.sampled_from(["a", "b", "@", ".", "<", ">", "%", "!", ":",
+                             '"q"', "$#", "mail", "x y", "(", ")"])
+    lhs_item = st.sampled_from(["$*", "$+", "$-", "$@", "$=w", "$~w", "a",
+                                "@", "<", ">", ".", "$&x", "$#"])
+    rhs_item = st.sampled_from(["$1", "$2", "$3", "a", "@", "<", ">", "$:",
+                                "$@", "$#", "$>1", "$>2", "$>9", "$>nosuch",
+                                "$[", "$]", "$(m", "$(nomap", "$)", "$&x",
+                                "$j", "b"])
+    rule = st.tuples(st.lists(lhs_item, max_size=5).map(" ".join),
+                     st.lists(rhs_item, max_size=7).map(" ".join))
+    rulesets = st.dictionaries(st.sampled_from([0, 1, 2, 3]),
+                               st.lists(rule, max_size=4), max_size=4)
+
+    @hyp.settings(max_examples=200, deadline=2000, database=None,
+                  suppress_health_check=list(hyp.HealthCheck))
+    @hyp.given(rulesets, st.lists(token, max_size=12),
+               st.text(max_size=30))
+    def check(rs, tokens, text):
+        engine = Engine(rs, {"w": {"mail", "a.b"}}, {"x": "a", "j": "m.n"},
+                        {"m": M.make_map("m", "dequote", [])}, {"one": 1},
+                        canonify=lambda h: None, trace=lambda line: None)
+        t0 = time.monotonic()
+        out, status = engine.run_rulesets([0, 1, 3], tokens)
+        assert isinstance(out, list) and len(out) <= 1000
+        assert status in (OK, LOOP, EX_CONFIG, EX_DATAERR, EX_TEMPFAIL)
+        scan = prescan(text, OPS)
+        assert scan.tokens is None or isinstance(scan.tokens, list)
+        engine.run_rulesets([2], tokenize(text, OPS, comments=False))
+        resolve(out)
+        assert time.monotonic() - t0 < 2
+
+    check()

@@ -35,7 +35,10 @@ Interface (the cf parser and ``-bt`` build on it):
       None without $@; user is the detokenized $: part.
 
 Limits as Sendmail 8.17: 100 applications of one rule in a row; $> nesting
-MAXRULERECURSION = 50; MAXATOM = 1000 tokens.
+MAXRULERECURSION = 50; MAXATOM = 1000 tokens.  Those alone do not bound the
+work (a rule that calls its own ruleset can apply 100 times at each of 50
+levels), so one top-level call may apply rules at most MAXSTEPS times; past
+that it stops with Sendmail's "Infinite loop" message and status LOOP.
 """
 
 from pysendmail.config.tokenize import (
@@ -52,6 +55,7 @@ MAXRULERECURSION = 50
 MAXLOOP = 100
 MAX_SUBR = 16
 MAX_MAP_ARGS = 10
+MAXSTEPS = 20000     # ours: rule applications per top-level call (see below)
 
 # LHS operators
 ZANY, ANY, ONE, ZERO, CLASS, NCLASS, DMACRO, LIT = range(8)
@@ -104,6 +108,10 @@ def _is_meta(tok):
     return isinstance(tok, Meta)
 
 
+class _Abort(Exception):
+    """The work budget of one top-level call is spent."""
+
+
 class Engine:
     """Compiles rules lazily and applies rulesets as Sendmail's rewrite()."""
 
@@ -123,6 +131,7 @@ class Engine:
         self.operator_chars = operator_chars
         self.spacesub = spacesub
         self.messages = []
+        self._steps = 0
         self._compiled = {}
         self._folded = {}
 
@@ -182,7 +191,8 @@ class Engine:
 
     # ---- helpers -----------------------------------------------------
     def _error(self, code, text):
-        self.messages.append((code, text))
+        if len(self.messages) < 100:
+            self.messages.append((code, text))
         if self.trace is not None:
             self.trace(text)
 
@@ -314,7 +324,11 @@ class Engine:
             self._error("554 5.3.5", "Unknown ruleset %s" % ruleset)
             return list(tokens), EX_CONFIG
         pvp = list(tokens)
-        status = self._rewrite(pvp, number, 0, MAXATOM)
+        self._steps = 0
+        try:
+            status = self._rewrite(pvp, number, 0, MAXATOM)
+        except _Abort:
+            status = LOOP
         return pvp, status
 
     def run_rulesets(self, rulesets, tokens):
@@ -354,6 +368,11 @@ class Engine:
                             % (name, ruleno + 1))
                 rstat = LOOP if rstat == OK else rstat
                 break
+            self._steps += 1
+            if self._steps > MAXSTEPS:
+                self._error("554 5.3.5", "Infinite loop in ruleset %s, rule %d"
+                            % (name, ruleno + 1))
+                raise _Abort()
             binds = self._match(lhs, pvp)
             if binds is None:
                 ruleno += 1
