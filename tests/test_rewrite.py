@@ -687,3 +687,24 @@ def test_reference_cf_3_0_traces(cf):
             bad.append(cmd)
     print("%s.cf 3,0: %d/%d addresses match byte for byte" % (cf, good, total))
     assert total == 89 and not bad, bad
+
+
+def test_compiled_rules_print_as_eq_S():
+    # lines of "=S3" and "=S0" in bt/simple.out
+    engine = simple_engine()
+
+    def listing(rs):
+        return ["R" + "".join(t + " " for t in lhs) + "\t\t" +
+                "".join(t + " " for t in rhs) for lhs, rhs in engine.rules(rs)]
+    s3, s0 = listing(3), listing(0)
+    assert s3[0] == "R$@ \t\t$@ < @ > "
+    assert s3[9] == "R$* < @ $* $=P > $* \t\t$@ $1 < @ $2 $3 > $4 "
+    assert s3[11] == "R$* < @ $=w > $* \t\t$: $1 < @ mail . example . com > $3 "
+    assert s0[1] == "R$* \t\t$: $> 5 $1 "
+    assert s0[4] == ('R$* < @ $+ . UUCP > $* \t\t$# error $@ 5 . 1 . 2 $: '
+                     '"553 UUCP is not supported here" ')
+    assert s0[6] == ("R$* < @ $+ > $* \t\t$# relay $@ relay . example . net "
+                     "$: $1 < @ $2 > $3 ")
+    e2 = make({1: ["$={VirtHost} $&{x}\t$@ $&{x}"]})
+    assert e2.rules(1) == [(["$={VirtHost}", "$&x"], ["$@", "$&x"])]
+    assert e2.rules("nosuch") == []

@@ -31,6 +31,7 @@ Interface (the cf parser and ``-bt`` build on it):
       more than 100 times: Sendmail's rewrite stops there and returns what it
       has).  engine.messages lists (code, text) of the errors of the last call.
   engine.run_rulesets([3, 0], tokens) -> (tokens, status)
+  engine.rules(ruleset) -> [(lhs tokens, rhs tokens)] as compiled (for =S).
   resolve(tokens) -> (mailer, host, user) | None for a "$#" result; host is
       None without $@; user is the detokenized $: part.
 
@@ -104,6 +105,12 @@ def _name_at(text, j):
     return text[j], j + 1
 
 
+def _shown(name):
+    """How Sendmail prints a macro/class name: x or {long}."""
+    name = name or ""
+    return name if len(name) == 1 else "{%s}" % name
+
+
 def _is_meta(tok):
     return isinstance(tok, Meta)
 
@@ -154,11 +161,11 @@ class Engine:
                 out.append(_Op("$@", ZERO))
             elif d in "=~":
                 name, i = _name_at(text, i)
-                out.append(_Op("$" + d + (name or ""),
+                out.append(_Op("$" + d + _shown(name),
                                CLASS if d == "=" else NCLASS, name or ""))
             elif d == "&":
                 name, i = _name_at(text, i)
-                out.append(_Op("$&" + (name or ""), DMACRO, name or ""))
+                out.append(_Op("$&" + _shown(name), DMACRO, name or ""))
             elif d.isdigit() and not lhs:
                 out.append(_Op("$" + d, "repl", int(d)))
             elif d in _SIMPLE_META:
@@ -188,6 +195,13 @@ class Engine:
                 rules.append((lt, rt))
             self._compiled[number] = rules
         return rules
+
+    def rules(self, ruleset):
+        """The compiled rules of a ruleset: [(lhs tokens, rhs tokens)], the
+        operators as Sendmail prints them ("$*", "$=w", "$#", "$1", ...),
+        so that =S is "R" + "".join(t + " " for t in lhs) + "\t\t" + ..."""
+        number = self.ruleset_number(ruleset)
+        return [] if number is None else self._compile(number)
 
     # ---- helpers -----------------------------------------------------
     def _error(self, code, text):
