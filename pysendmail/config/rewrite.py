@@ -35,6 +35,12 @@ Interface (the cf parser and ``-bt`` build on it):
   resolve(tokens) -> (mailer, host, user) | None for a "$#" result; host is
       None without $@; user is the detokenized $: part.
 
+Tokens are str; the operators a rule puts into a token list are
+tokenize.Meta instances (module constants CANONNET "$#", CANONHOST "$@",
+CANONUSER "$:", CONDELSE "$|", ...), so a "$#" typed in an address is not
+taken for one.  Callers that build check_* inputs put CONDELSE between the
+parts.
+
 Limits as Sendmail 8.17: 100 applications of one rule in a row; $> nesting
 MAXRULERECURSION = 50; MAXATOM = 1000 tokens.  Those alone do not bound the
 work (a rule that calls its own ruleset can apply 100 times at each of 50
@@ -69,9 +75,10 @@ HOSTBEGIN = Meta("$[")
 HOSTEND = Meta("$]")
 LOOKUPBEGIN = Meta("$(")
 LOOKUPEND = Meta("$)")
+CONDELSE = Meta("$|")      # the separator Sendmail puts in check_* inputs
 _SIMPLE_META = {"#": CANONNET, "@": CANONHOST, ":": CANONUSER, ">": CALLSUBR,
                 "[": HOSTBEGIN, "]": HOSTEND, "(": LOOKUPBEGIN,
-                ")": LOOKUPEND, "|": Meta("$|"), "?": Meta("$?"),
+                ")": LOOKUPEND, "|": CONDELSE, "?": Meta("$?"),
                 ".": Meta("$.")}
 _LHS_META = {"*": ZANY, "+": ANY, "-": ONE}
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
