@@ -708,3 +708,12 @@ def test_compiled_rules_print_as_eq_S():
     e2 = make({1: ["$={VirtHost} $&{x}\t$@ $&{x}"]})
     assert e2.rules(1) == [(["$={VirtHost}", "$&x"], ["$@", "$&x"])]
     assert e2.rules("nosuch") == []
+
+
+def test_maxatom_boundary():
+    # a rule may produce exactly MAXATOM (1000) tokens, not one more
+    engine = make({1: ["$+\t$@ $1 x"]})
+    out, status = engine.rewrite(1, ["a"] * 999)
+    assert status == OK and len(out) == 1000
+    out, status = engine.rewrite(1, ["a"] * 1000)
+    assert status == EX_DATAERR and out == ["a"] * 1000

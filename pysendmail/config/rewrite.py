@@ -426,7 +426,7 @@ class Engine:
                         npvp.extend(scan.tokens)
                 else:
                     npvp.append(rp)
-                if len(npvp) >= maxatom:
+                if len(npvp) > maxatom:
                     return self._toolong(name, ruleno)
             st, npvp = self._lookups(npvp, maxatom)
             if st is None:
