@@ -122,6 +122,11 @@ def _is_meta(tok):
     return isinstance(tok, Meta)
 
 
+def _key(tok):
+    """A token as a literal of the LHS compares: folded, metas apart."""
+    return "\0" + tok if isinstance(tok, Meta) else tok.translate(_FOLD)
+
+
 class _Abort(Exception):
     """The work budget of one top-level call is spent."""
 
@@ -147,6 +152,8 @@ class Engine:
         self.messages = []
         self._steps = 0
         self._compiled = {}
+        self._keys = {}
+        self._required = {}
         self._folded = {}
 
     # ---- compilation -------------------------------------------------
@@ -201,6 +208,13 @@ class Engine:
                              comments=False, ignore=True).tokens or []
                 rules.append((lt, rt))
             self._compiled[number] = rules
+            # per rule: the literal keys of its LHS (None for operators) and
+            # the set of them, which must all be in a list the rule matches
+            keys = [[None if isinstance(t, _Op) else _key(t) for t in lt]
+                    for lt, rt in rules]
+            self._keys[number] = keys
+            self._required[number] = [frozenset(k for k in ks if k is not None)
+                                      for ks in keys]
         return rules
 
     def rules(self, ruleset):
@@ -242,7 +256,7 @@ class Engine:
                                            "".join(" " + t for t in tokens)))
 
     # ---- matching ----------------------------------------------------
-    def _match(self, lhs, pvp):
+    def _match(self, lhs, lkeys, pvp, pkeys):
         """Sendmail's left-to-right match with backtracking; the list of
         (first, last) bindings of $* $+ $- $=X $~X, or None."""
         n, m = len(pvp), len(lhs)
@@ -279,8 +293,7 @@ class Engine:
                     else:
                         av = nav
                 else:
-                    a = pvp[av]
-                    if _is_meta(a) != _is_meta(rp) or fold(a) != fold(rp):
+                    if pkeys[av] != lkeys[rv]:
                         ok = False
                     else:
                         av += 1
@@ -377,6 +390,8 @@ class Engine:
             return EX_CONFIG
         reclevel += 1
         rules = self._compile(number)
+        allkeys, required = self._keys[number], self._required[number]
+        have = pkeys = None
         rstat = OK
         ruleno, loopcount = 0, 0
         while ruleno < len(rules):
@@ -394,7 +409,13 @@ class Engine:
                 self._error("554 5.3.5", "Infinite loop in ruleset %s, rule %d"
                             % (name, ruleno + 1))
                 raise _Abort()
-            binds = self._match(lhs, pvp)
+            if have is None:
+                pkeys = [_key(t) for t in pvp]
+                have = set(pkeys)
+            if not required[ruleno] <= have:
+                binds = None
+            else:
+                binds = self._match(lhs, allkeys[ruleno], pvp, pkeys)
             if binds is None:
                 ruleno += 1
                 loopcount = 0
@@ -437,6 +458,7 @@ class Engine:
             if rstat == OK or st == EX_TEMPFAIL:
                 rstat = st
             pvp[:] = npvp
+            have = None
             if nxt != ruleno:
                 ruleno = nxt
                 loopcount = 0
