@@ -49,7 +49,7 @@ that it stops with Sendmail's "Infinite loop" message and status LOOP.
 """
 
 from pysendmail.config.tokenize import (
-    DEFAULT_OPERATOR_CHARS, MAXATOM, Meta, detokenize, prescan)
+    DEFAULT_OPERATOR_CHARS, MAXATOM, Meta, detokenize, is_atom, prescan)
 from pysendmail.config import maps as _maps
 
 OK = 0
@@ -329,10 +329,23 @@ class Engine:
     def _extend_class(self, name, pvp, first, start):
         """The first last >= start such that pvp[first:last+1] is in the
         class, or None."""
+        members = self._folded.get(name)
+        if members is None:
+            self._in_class(name, "")
+            members = self._folded[name]
+        if not members:
+            return None
+        ops = self.operator_chars
+        word = fold(detokenize(pvp[first:start], self.spacesub, ops))
+        prev_atom = start > first and is_atom(pvp[start - 1], ops)
         for last in range(start, len(pvp)):
-            word = detokenize(pvp[first:last + 1], self.spacesub,
-                              self.operator_chars)
-            if self._in_class(name, word):
+            tok = pvp[last]
+            atom = is_atom(tok, ops)
+            if prev_atom and atom:
+                word += self.spacesub
+            word += fold(tok)
+            prev_atom = atom
+            if word in members:
                 return last
         return None
 
