@@ -717,3 +717,12 @@ def test_maxatom_boundary():
     assert status == OK and len(out) == 1000
     out, status = engine.rewrite(1, ["a"] * 1000)
     assert status == EX_DATAERR and out == ["a"] * 1000
+
+
+def test_add_to_class():
+    engine = make({1: ["$=X\t$@ yes"]}, classes={"X": {"a"}})
+    assert rw(engine, 1, "b") == ("b", OK)
+    engine.add_to_class("X", "B.c")
+    assert rw(engine, 1, "b . C") == ("yes", OK)
+    engine.add_to_class("Y", "new")
+    assert engine.classes["Y"] == {"new"}

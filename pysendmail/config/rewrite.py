@@ -4,8 +4,6 @@ Interface (the cf parser and ``-bt`` build on it):
 
   Engine(rulesets, classes, macros, maps, ruleset_names, canonify=None,
          trace=None, operator_chars=".:%@!^/[]+", spacesub=" ")
-      spacesub       the BlankSub option: put between two atoms when tokens
-                     are joined (map keys and arguments, class matches).
       rulesets       {number: [(lhs, rhs), ...]}: the raw cf text of each R
                      line's LHS and RHS (comment already cut off).  A ruleset
                      present with [] is empty: a $> call to it is dropped.
@@ -24,6 +22,7 @@ Interface (the cf parser and ``-bt`` build on it):
       trace          trace(line) -> None: receives Sendmail's -bt lines
                      ("%-16.16s   input: tok tok", "%-16.16s returns: ...") and
                      the text of the engine's errors ("Infinite loop in ...").
+      spacesub       BlankSub: joins two atoms (map keys, args, class words).
   engine.rewrite(ruleset, tokens) -> (tokens, status)
       ruleset is a number or a name; status is an int, Sendmail's code:
       OK (0), EX_DATAERR (expansion too long), EX_CONFIG (unknown ruleset,
@@ -32,20 +31,19 @@ Interface (the cf parser and ``-bt`` build on it):
       has).  engine.messages lists (code, text) of the errors of the last call.
   engine.run_rulesets([3, 0], tokens) -> (tokens, status)
   engine.rules(ruleset) -> [(lhs tokens, rhs tokens)] as compiled (for =S).
+  engine.add_to_class(name, word): the -bt .C command (classes are cached
+      folded; macros are read live by $&x, but $x was expanded at compile).
   resolve(tokens) -> (mailer, host, user) | None for a "$#" result; host is
       None without $@; user is the detokenized $: part.
 
-Tokens are str; the operators a rule puts into a token list are
-tokenize.Meta instances (module constants CANONNET "$#", CANONHOST "$@",
-CANONUSER "$:", CONDELSE "$|", ...), so a "$#" typed in an address is not
-taken for one.  Callers that build check_* inputs put CONDELSE between the
-parts.
+Tokens are str; operators a rule puts into a token list are tokenize.Meta
+(CANONNET "$#", CANONHOST "$@", CANONUSER "$:", CONDELSE "$|" for check_*
+inputs, ...), so a "$#" typed in an address is not taken for one.
 
 Limits as Sendmail 8.17: 100 applications of one rule in a row; $> nesting
-MAXRULERECURSION = 50; MAXATOM = 1000 tokens.  Those alone do not bound the
-work (a rule that calls its own ruleset can apply 100 times at each of 50
-levels), so one top-level call may apply rules at most MAXSTEPS times; past
-that it stops with Sendmail's "Infinite loop" message and status LOOP.
+50; MAXATOM 1000 tokens.  As those do not bound the work (100 applications at
+each of 50 levels), a top-level call applies rules at most MAXSTEPS times,
+then stops with Sendmail's "Infinite loop" message and status LOOP.
 """
 
 from pysendmail.config.tokenize import (
@@ -53,7 +51,6 @@ from pysendmail.config.tokenize import (
 from pysendmail.config import maps as _maps
 
 OK = 0
-EX_USAGE = 64
 EX_DATAERR = 65
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
@@ -64,9 +61,7 @@ MAX_SUBR = 16
 MAX_MAP_ARGS = 10
 MAXSTEPS = 20000     # ours: rule applications per top-level call (see below)
 
-# LHS operators
-ZANY, ANY, ONE, ZERO, CLASS, NCLASS, DMACRO, LIT = range(8)
-# meta tokens kept in token vectors
+ZANY, ANY, ONE, ZERO, CLASS, NCLASS, DMACRO, LIT = range(8)   # LHS operators
 CANONNET = Meta("$#")
 CANONHOST = Meta("$@")
 CANONUSER = Meta("$:")
@@ -231,12 +226,20 @@ class Engine:
         if self.trace is not None:
             self.trace(text)
 
-    def _in_class(self, name, word):
+    def _members(self, name):
         members = self._folded.get(name)
         if members is None:
             members = {fold(m) for m in self.classes.get(name, ())}
             self._folded[name] = members
-        return fold(word) in members
+        return members
+
+    def _in_class(self, name, word):
+        return fold(word) in self._members(name)
+
+    def add_to_class(self, name, word):
+        """Add a word to a class (the -bt .C command)."""
+        self.classes.setdefault(name, set()).add(word)
+        self._members(name).add(fold(word))
 
     def ruleset_number(self, ruleset):
         """A ruleset number from a number, a digit string or a name; None."""
@@ -329,10 +332,7 @@ class Engine:
     def _extend_class(self, name, pvp, first, start):
         """The first last >= start such that pvp[first:last+1] is in the
         class, or None."""
-        members = self._folded.get(name)
-        if members is None:
-            self._in_class(name, "")
-            members = self._folded[name]
+        members = self._members(name)
         if not members:
             return None
         ops = self.operator_chars
@@ -412,29 +412,25 @@ class Engine:
                 break
             lhs, rhs = rules[ruleno]
             loopcount += 1
-            if loopcount > MAXLOOP:
+            self._steps += 1
+            if loopcount > MAXLOOP or self._steps > MAXSTEPS:
                 self._error("554 5.3.5", "Infinite loop in ruleset %s, rule %d"
                             % (name, ruleno + 1))
+                if self._steps > MAXSTEPS:
+                    raise _Abort()
                 rstat = LOOP if rstat == OK else rstat
                 break
-            self._steps += 1
-            if self._steps > MAXSTEPS:
-                self._error("554 5.3.5", "Infinite loop in ruleset %s, rule %d"
-                            % (name, ruleno + 1))
-                raise _Abort()
             if have is None:
                 pkeys = [_key(t) for t in pvp]
                 have = set(pkeys)
-            if not required[ruleno] <= have:
-                binds = None
-            else:
+            binds = None
+            if required[ruleno] <= have:
                 binds = self._match(lhs, allkeys[ruleno], pvp, pkeys)
             if binds is None:
                 ruleno += 1
                 loopcount = 0
                 continue
-            rvp = rhs
-            nxt = ruleno
+            rvp, nxt = rhs, ruleno
             if rvp and rvp[0] is CANONUSER:
                 rvp = rvp[1:]
                 nxt = ruleno + 1
@@ -461,10 +457,10 @@ class Engine:
                 else:
                     npvp.append(rp)
                 if len(npvp) > maxatom:
-                    return self._toolong(name, ruleno)
+                    return self._toolong()
             st, npvp = self._lookups(npvp, maxatom)
             if st is None:
-                return self._toolong(name, ruleno)
+                return self._toolong()
             if st != OK and rstat == OK:
                 rstat = st
             st = self._callsubr(npvp, reclevel)
@@ -478,7 +474,7 @@ class Engine:
         self._trace(name, "returns", pvp)
         return rstat
 
-    def _toolong(self, name, ruleno):
+    def _toolong(self):
         self._error("554 5.3.0", "rewrite: expansion too long")
         return EX_DATAERR
 
