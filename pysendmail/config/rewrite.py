@@ -49,6 +49,7 @@ then stops with Sendmail's "Infinite loop" message and status LOOP.
 from pysendmail.config.tokenize import (
     DEFAULT_OPERATOR_CHARS, MAXATOM, Meta, detokenize, is_atom, prescan)
 from pysendmail.config import maps as _maps
+from pysendmail.config.triple import resolve  # noqa: F401  (part of this module's interface)
 
 OK = 0
 EX_DATAERR = 65
@@ -579,23 +580,3 @@ class Engine:
             if rstat == OK or st == EX_TEMPFAIL:
                 rstat = st
         return rstat
-
-
-def resolve(tokens, spacesub=" ", operator_chars=DEFAULT_OPERATOR_CHARS):
-    """Split a "$# mailer $@ host $: user" result -> (mailer, host, user),
-    or None when *tokens* does not start with $#."""
-    if not tokens or not (_is_meta(tokens[0]) and tokens[0] == "$#"):
-        return None
-    parts = {"$#": [], "$@": None, "$:": None}
-    cur = parts["$#"]
-    for tok in tokens[1:]:
-        if _is_meta(tok) and tok in ("$@", "$:"):
-            cur = parts[tok] = []
-        else:
-            cur.append(tok)
-    mailer = detokenize(parts["$#"], spacesub, operator_chars)
-    host = parts["$@"]
-    host = None if host is None else detokenize(host, spacesub,
-                                                operator_chars)
-    user = detokenize(parts["$:"] or [], spacesub, operator_chars)
-    return mailer, host, user
