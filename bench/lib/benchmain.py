@@ -24,6 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import phase_cf  # noqa: E402
 import phase_future  # noqa: E402
 import phase_profile  # noqa: E402
 import phase_submit  # noqa: E402
@@ -35,6 +36,7 @@ PHASES = {
     "profile": phase_profile,      # where the pysendmail submission time goes
     "whatif": phase_whatif,        # what each part of the submission costs, by removal
     "hyperfine": phase_profile.Hyperfine,   # public-tool cross-check of `submit`
+    "cf": phase_cf,                # issue 3: cf parse (cold, cached), rewriting throughput
     "smtp": phase_future.Smtp,     # later: SMTP accept rate (needs the daemon)
     "deliver": phase_future.Deliver,   # later: delivery rate
     "mem": phase_future.Mem,       # later: daemon memory under many connections
