@@ -114,8 +114,8 @@ def _run(inv):
                 include_held=any(k == "Q" for k, _, _ in inv.queue_filters))
         return EX_OK
     if mode == "t":
-        _out("Address test mode (-bt) needs the sendmail.cf engine, which is not built yet")
-        return EX_UNAVAILABLE
+        from .addrtest import main as addrtest_main
+        return addrtest_main(inv, layout, options, ident, log)
     if mode == "P":
         _out("Data unavailable: shared memory not configured")
         return EX_UNAVAILABLE
