@@ -159,10 +159,10 @@ def test_class_w_and_host_name_from_hosts_file(simple_cf):
 
 
 def test_ruleset_list_by_number_and_name(simple_cf):
-    out, _ = session(simple_cf, "3,4 boss\n9x user\n")
+    out, _ = session(simple_cf, "3,4 boss\n9x user\n3,0\n")
     assert out == ("> 3                  input: boss\n3                returns: boss\n"
                    "4                  input: boss\n4                returns: boss\n"
-                   "> Undefined ruleset 9x\n> ")
+                   "> Undefined ruleset 9x\n> No address!\n> ")
 
 
 def test_show_ruleset(simple_cf):
@@ -230,3 +230,15 @@ def test_parse_errors_and_exit_status(simple_cf):
 def test_crackaddr(addr, template):
     from pysendmail.cli.addrtest import crackaddr
     assert crackaddr(addr) == template
+
+
+def test_named_rulesets_as_numbers():
+    # debian.cf: S3 is "canonify", S0 is "parse": "canonify,parse ADDR" traces as "3,0 ADDR"
+    from pysendmail.config import cf as cfmod
+    cf = cfmod.load(os.path.join(DATA, "debian.cf"))
+    by_name, _ = session(cf, "canonify,parse user@example.com\n")
+    by_number, _ = session(cf, "3,0 user@example.com\n")
+    assert by_name == by_number
+    assert by_name.startswith("> canonify           input: user @ example . com\n")
+    assert by_name.endswith(
+        "parse            returns: $# esmtp $@ example . com $: user < @ example . com >\n> ")

@@ -422,8 +422,10 @@ class AddrTest:
     def cmd_rulesets(self, p):
         from ..config.tokenize import prescan
         parts = p.split(None, 1)
-        names = parts[0].split(",")
-        rest = parts[1] if len(parts) > 1 else ""
+        if len(parts) < 2:
+            self.write("No address!\n")
+            return
+        names, rest = parts[0].split(","), parts[1]
         rulesets = []
         for name in names:
             number = self.engine.ruleset_number(name)
