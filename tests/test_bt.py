@@ -166,9 +166,11 @@ def test_ruleset_list_by_number_and_name(simple_cf):
 
 
 def test_show_ruleset(simple_cf):
-    out, _ = session(simple_cf, "=S4\n=S99\n")
+    # a ruleset number without rules prints nothing; an unknown name is undefined
+    out, _ = session(simple_cf, "=S4\n=S99\n=Snosuch\n=\n=X\n")
     assert out == ("> R$* < $+ > $* \t\t$1 $2 $3 \nR$* % $* @ $* \t\t$1 % $2 @ $3 \n"
-                   "> Undefined ruleset 99\n> ")
+                   "> > Undefined ruleset nosuch\n> Usage: =Sruleset or =M\n"
+                   "> Unknown \"=\" command =X\n> ")
 
 
 def test_canon_map_and_tryflags(simple_cf):
@@ -181,6 +183,17 @@ def test_canon_map_and_tryflags(simple_cf):
     assert lines[3] == '> Map named "nomap" not found'
     assert lines[4] == "> > Trying envelope sender address user for mailer smtp"
     assert lines[-2] == "Rcode = 0, addr = user@example.com"
+
+
+def test_usage_messages_and_quit(simple_cf):
+    out, rc = session(simple_cf, "/\n/parse\n/try smtp\n/canon  \n/map dequote\n/bogus x\n"
+                      ".\n.X\n-\n-d0-99.1\n/quit\n$j\n")
+    assert out == ("> Usage: /[canon|map|mx|parse|try|tryflags]\n> Usage: /parse address\n"
+                   "> Usage: /try mailer address\n> Usage: /canon address\n"
+                   "> No key specified\n> Unknown \"/\" command /bogus\n"
+                   "> Usage: .[DC]macro value(s)\n> Unknown \".\" command .X\n"
+                   "> Usage: -d{debug arguments}\n> > ")
+    assert rc == 0
 
 
 def test_mx_without_name_server(simple_cf, tmp_path):
@@ -225,6 +238,8 @@ def test_parse_errors_and_exit_status(simple_cf):
     ("user@example.com:25", '"user@example.com":$g'),
     ("user@[IPv6:::1]", "$g"),
     ('""', ""),
+    ("John Q. Public <jqp@example.com>", '"John Q. Public" <$g>'),   # MustQuoteChars .
+    ("a@b (unclosed", "$g (unclosed)"),
     (";", ";$g"),
 ])
 def test_crackaddr(addr, template):

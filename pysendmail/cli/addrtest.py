@@ -8,12 +8,14 @@ not echoed) and answers on stdout:
   $x  $=X           a macro's value / a class's members
   .Dx value  .Cx v  define a macro / add to a class
   /parse ADDR       Sendmail's parseaddr(): Cracked address, rulesets 3 and 0, buildaddr
-  /try MAILER ADDR  the rewriting one address gets for that mailer; /tryflags hesr
+  /try MAILER ADDR  the rewriting one address gets for that mailer; /tryflags HhEeSsRr
   /canon HOST       getcanonname() through the HostsFile option (no DNS)
   /map NAME KEY     a map lookup
-  /mx HOST          MX lookup: no resolver is contacted; Sendmail's failure text
+  /mx HOST          MX lookup (no name server is asked: see cmd_mx)
+  /quit             end now
 
-At end of input the exit status is that of the last error (0 without one).
+At end of input the exit status is that of the first error (0 without one), as Sendmail's
+ExitStat.
 
 Security stance: read-only.  It reads the cf named by -C and the files it names (class
 files, the hosts file, the service switch); it writes nothing, opens no socket and runs
@@ -22,23 +24,40 @@ no program.  Maps that would run programs or query the network are not built.
 import os
 import sys
 
+from ..config.maps import TempFail
+from ..config.rewrite import Engine, resolve
+from ..config.tokenize import detokenize, prescan
+
 EX_OK = 0
 EX_UNAVAILABLE = 69
-EX_OSERR = 71
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
-# Sendmail's syserr() sets EX_OSERR when errno is set, EX_SOFTWARE when it is 0; errno is
-# practically never 0 by then (a failed open or isatty before), so its errors give 71.
-EX_SYSERR = EX_OSERR
+# Sendmail's syserr() sets EX_OSERR (71) when errno is set, EX_SOFTWARE when it is 0; errno
+# is practically never 0 by then (a failed open or isatty before), so its errors give 71.
+EX_SYSERR = 71
 
 BANNER = ("ADDRESS TEST MODE (ruleset 3 NOT automatically invoked)\n"
           "Enter <ruleset> <address>\n")
+USAGE = {"mx": "/mx address", "canon": "/canon address", "map": "/map mapname key",
+         "try": "/try mailer address", "tryflags": "/tryflags [Hh|Ee][Ss|Rr]",
+         "parse": "/parse address"}
+# Sendmail's built-in mailers, used when the cf defines none of that name.
+BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9", "*include*": "su"}
+MUST_QUOTE_BASE = "@,;:\\()[]"
+MAXNAME = 256
 
 
 # ------------------------------------------------------------------ environment
-def read_table(path):
-    """The lines of a text file as lists of words, `#` comments dropped; raises OSError."""
-    with open(path, "rb") as f:
-        data = f.read().decode("utf-8", "replace")
+def read_table(path, quiet=False):
+    """The lines of a text file as lists of words, `#` comments dropped.  A file that
+    cannot be read raises OSError, or gives [] when quiet."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        if quiet:
+            return []
+        raise
     return [w for w in (ln.split("#", 1)[0].split() for ln in data.splitlines()) if w]
 
 
@@ -46,11 +65,7 @@ def make_canonify(hosts_file):
     """getcanonname() over a hosts file: the first name of the line naming the host (or
     holding the address of a [literal]); None when absent."""
     names, addrs = {}, {}
-    try:
-        rows = read_table(hosts_file)
-    except OSError:
-        rows = []
-    for parts in rows:
+    for parts in read_table(hosts_file, quiet=True):
         if len(parts) > 1:
             addrs.setdefault(parts[0].lower(), parts[1])
             for n in parts[1:]:
@@ -64,89 +79,133 @@ def make_canonify(hosts_file):
     return canonify
 
 
-# ------------------------------------------------------------------ crackaddr
-_SPECIALS = '()<>@,;:\\".[]'
-
-
-def crackaddr(addr):
-    """The template Sendmail's crackaddr() makes of an address: the address proper
-    replaced by $g; the phrase, angle brackets and comments kept.  A phrase before a
-    top-level colon (group or route syntax) is kept, quoted when it holds specials."""
-    s = addr.strip()
-    n, i, depth = len(s), 0, 0
-    lt = gt = colon = None
-    quote = bracket = seen_addr = False
-    lead, trail = [], []        # comments before / after the first address character
-    while i < n:
-        c = s[i]
-        if c == "\\" or quote:
-            seen_addr = True
-            quote = quote and c != '"'
-            i += 2 if c == "\\" else 1
-            continue
-        if c == "(":
-            start, d = i, 0
-            while i < n:
-                if s[i] == "\\":
-                    i += 2
-                    continue
-                if s[i] == "(":
-                    d += 1
-                elif s[i] == ")":
-                    d -= 1
-                    if d == 0:
-                        break
-                i += 1
-            (trail if seen_addr else lead).append(s[start:i + 1])
-            i += 1
-            continue
-        if c == '"':
-            quote = seen_addr = True
-        elif c == "[" and lt is None:
-            bracket = True
-            seen_addr = True
-        elif c == "]" and bracket:
-            bracket = False
-        elif c == "<" and depth == 0 and lt is None:
-            lt = i
-            depth = 1
-        elif c == "<":
-            depth += 1
-        elif c == ">" and depth > 0:
-            depth -= 1
-            if depth == 0 and gt is None:
-                gt = i
-        elif c == ":" and lt is None and colon is None and not bracket:
-            colon = i
-        elif not c.isspace():
-            seen_addr = True
-        i += 1
-    if lt is not None:
-        inner = s[lt + 1:gt] if gt is not None else s[lt + 1:]
-        if gt is None and not inner.strip():
-            return s[:lt] + "<>"
-        if gt is not None and not inner:
-            return s
-        after = s[gt + 1:] if gt is not None else ""
-        after = after.lstrip(">")
-        return s[:lt] + "<$g>" + after
-    if colon is not None:
-        phrase = s[:colon]
-        rest = s[colon + 1:]
-        space = rest[:len(rest) - len(rest.lstrip())]
-        if any(ch in _SPECIALS for ch in phrase):
-            phrase = '"' + phrase + '"'
-        return phrase + ":" + space + "$g" + (";" if s.endswith(";") else "")
-    if not seen_addr:
-        return s
-    if s == '""':
-        return ""
-    if s == ";":
-        return ";$g"
-    out = "".join(c + " " for c in lead) + "$g"
-    if trail:
-        out += " " + " ".join(trail)
+def config_warnings(cf):
+    """readcf's complaints about option values: [(line, text)] (a TrustedUser unknown)."""
+    import pwd
+    out = []
+    for name, value, file, line in cf.option_list:
+        user = (value or "").strip()
+        if name == "TrustedUser" and user and not user.isdigit():
+            try:
+                pwd.getpwnam(user)
+            except KeyError:
+                out.append((line, "%s: line %d: readcf: option %s: unknown user %s"
+                            % (file, line, name, user)))
     return out
+
+
+# ------------------------------------------------------------------ crackaddr
+def crackaddr(addr, must_quote=".'", colon_ok=False):
+    """The template Sendmail's crackaddr() makes of an address for the From: line: the
+    address proper becomes $g; the phrase, angle brackets and comments are kept, a phrase
+    holding MustQuoteChars (or a stray `>`, a second `<`, a backslash) is quoted, and
+    unclosed quotes, comments and angles are closed.  MAXNAME or longer: `<$g>`."""
+    specials = MUST_QUOTE_BASE + must_quote
+    n = len(addr) - len(addr.lstrip())
+    out = list(addr[:n])        # leading white space is kept
+    head = addrhead = i = n     # where the current part starts in out / in addr
+    copying = cmt = realcmt = brack = angle = 0
+    quoting = realquote = addangle = putg = quoteit = gotangle = gotcolon = False
+
+    def phrase(end_char):
+        # out from head becomes addr[addrhead:i], quoted when quoteit, through end_char
+        nonlocal i
+        del out[head:]
+        j = i
+        if quoteit:
+            out.append('"')
+            j -= 1
+            while j > n and addr[j - 1].isspace():
+                j -= 1
+        for ch in addr[addrhead:j]:
+            out.extend(("\\", ch) if quoteit and ch == '"' else ch)
+        if quoteit:
+            if len(out) == head + 1:
+                out.pop()
+            else:
+                out.append('"')
+            k = addr.index(end_char, j) + 1
+            out.extend(addr[j:k])
+            j = k
+        i = j
+
+    while i < len(addr):
+        c = addr[i]
+        i += 1
+        if copying > 0:
+            out.append(c)
+        real = quoting and c != '"'
+        if c == "\\":
+            quoteit = quoteit or (cmt <= 0 and not quoting)
+            if i < len(addr):
+                if copying > 0:
+                    out.append(addr[i])
+                i += 1
+            real = True
+        elif c == '"' and cmt <= 0:
+            quoting = not quoting
+            realquote = realquote != (copying > 0)
+            continue
+        if not real:
+            if c == "(":
+                cmt += 1
+                realcmt += 1
+                if copying <= 0:
+                    out.extend((" (" if len(out) != head else "("))
+                copying += 1
+            if cmt > 0:
+                if c == ")":
+                    cmt, copying, realcmt = cmt - 1, copying - 1, realcmt - 1
+                continue
+            if c == ")" and copying > 0 and len(out) > head:
+                out.pop()
+            brack += (c == "[") - (c == "]")
+            if c == ":" and angle <= 0 and brack <= 0 and not gotcolon and not colon_ok:
+                if i < len(addr) and addr[i] in ":.":       # DECnet host::user
+                    quoteit = True
+                    if copying > 0:
+                        out.extend((c, addr[i]))
+                    i += 1
+                else:
+                    gotcolon = True
+                    phrase(":")
+                    while i < len(addr) and addr[i].isspace():
+                        out.append(addr[i])
+                        i += 1
+                    copying = 0
+                    putg = quoteit = False
+                    head, addrhead = len(out), i
+                    continue
+            else:
+                if c == ";" and copying <= 0 and not colon_ok:
+                    out.append(c)
+                quoteit = quoteit or (c in specials and cmt <= 0)
+                if c == "<":
+                    quoteit = quoteit or gotangle
+                    gotangle = addangle = True
+                    angle = 1
+                    phrase("<")
+                    copying = 0
+                    putg = quoteit = False
+                    continue
+                if c == ">":
+                    if angle <= 0:                          # stray: dropped
+                        if copying > 0 and len(out) > head:
+                            out.pop()
+                        quoteit = True
+                        continue
+                    angle -= 1
+                    addangle = False
+                    if copying <= 0:
+                        out.append(c)
+                    copying += 1
+                    continue
+        if copying <= 0 and not putg:
+            out.extend((" $g" if out and out[-1] == ")" else "$g"))
+            putg = True
+    text = "".join(out) + ('"' if realquote else "") + ")" * max(realcmt, 0) \
+        + (">" if addangle else "")
+    return "<$g>" if len(text) >= MAXNAME else text
 
 
 # ------------------------------------------------------------------ the session
@@ -154,35 +213,26 @@ class AddrTest:
     """One -bt session over a loaded cf."""
 
     def __init__(self, cf, options, hostname, out, warn=None):
-        from ..config.rewrite import Engine
         from ..config import maps as maps_mod
-        self.cf = cf
-        self.out = out
-        self.status = EX_OK
-        opts = dict(cf.options)
+        self.cf, self.out, self.status = cf, out, EX_OK
+        self.options = opts = dict(cf.options)
         opts.update(options)
-        self.options = opts
         self.operator_chars = opts.get("OperatorChars") or ".:%@!^/[]+"
         self.spacesub = opts.get("BlankSub") or " "
         self.canonify = make_canonify(opts.get("HostsFile") or "/etc/hosts")
-        try:
-            rows = read_table(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch")
-        except OSError:
-            rows = []
+        rows = read_table(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch", True)
         self.services = {r[0].rstrip(":"): r[1:] for r in rows}
         self.macros = dict(cf.macros)
         fq = hostname.rstrip(".")
         if "." not in fq:
             fq = self.canonify(fq) or fq
-        short = fq.split(".", 1)[0]
-        self.macros.setdefault("w", short)
+        self.macros.setdefault("w", fq.split(".", 1)[0])
         self.macros.setdefault("j", fq)
         if "." in fq:
             self.macros.setdefault("m", fq.split(".", 1)[1])
         for k in ("j", "w", "m"):
-            v = self.macros.get(k)
-            if v and "$" in v:
-                self.macros[k] = self.expand(v)
+            if "$" in self.macros.get(k, ""):
+                self.macros[k] = self.expand(self.macros[k])
         self.classes = {}
         self.add_class("w", [self.macros["j"], self.macros["w"], "localhost", "[127.0.0.1]"])
         for name, words in cf.classes.items():
@@ -193,16 +243,14 @@ class AddrTest:
         for line, text in config_warnings(cf):
             self.error(EX_SYSERR)
             complaints.append((line, text))
-        if warn is not None:
-            for _line, text in sorted(complaints, key=lambda c: c[0]):
-                warn(text)
+        for _line, text in sorted(complaints, key=lambda c: c[0]) if warn else ():
+            warn(text)
         self.maps = {}
         for name, spec in cf.maps.items():
             try:
-                words = (spec.args or "").split()
-                m = maps_mod.make_map(name, spec.mclass, words, macros=self.macros,
-                                      maps=self.maps, canonify=self.canonify,
-                                      services=self.services)
+                m = maps_mod.make_map(name, spec.mclass, (spec.args or "").split(),
+                                      macros=self.macros, maps=self.maps,
+                                      canonify=self.canonify, services=self.services)
             except Exception:  # noqa: BLE001 - a map we cannot build is absent, as Sendmail's
                 m = None
             if m is not None:
@@ -210,16 +258,13 @@ class AddrTest:
         rulesets = {num: [(r.lhs, r.rhs) for r in rs.rules] for num, rs in cf.rulesets.items()}
         self.engine = Engine(rulesets, self.classes, self.macros, self.maps,
                              dict(cf.ruleset_names), canonify=self.canonify,
-                             trace=self._trace, operator_chars=self.operator_chars,
-                             spacesub=self.spacesub)
-        self.tryflags = ("e", "r")   # envelope, recipient
+                             trace=lambda line: self.write(line + "\n"),
+                             operator_chars=self.operator_chars, spacesub=self.spacesub)
+        self.header = self.sender = False       # /tryflags: envelope recipient
 
     # ---- helpers
     def write(self, text):
         self.out.write(text)
-
-    def _trace(self, line):
-        self.write(line + "\n")
 
     def expand(self, value, depth=0):
         """$x and ${name} in value replaced by their values (as readcf does for C lines)."""
@@ -239,126 +284,150 @@ class AddrTest:
     def add_class(self, name, words):
         members = self.classes.setdefault(name, [])
         seen = {m.lower() for m in members}
-        for w in words:
-            for word in w.split():
-                if word.lower() not in seen:
-                    seen.add(word.lower())
-                    members.append(word)
+        for word in (x for w in words for x in w.split()):
+            if word.lower() not in seen:
+                seen.add(word.lower())
+                members.append(word)
         if hasattr(self, "engine"):
-            self.engine._folded.pop(name, None)
+            self.engine._folded.pop(name, None)     # the engine caches folded classes
 
     def read_class_file(self, cfile, complaints):
-        path = cfile.path
-        if path.startswith("|"):
+        if cfile.path.startswith("|"):
             return
         try:
-            rows = read_table(path)
+            rows = read_table(cfile.path)
         except OSError as e:
             if not cfile.optional:
                 self.error(EX_SYSERR)
                 complaints.append((cfile.line, "%s: line %d: fileclass: cannot open '%s': %s"
-                                   % (cfile.file, cfile.line, path, os.strerror(e.errno))))
+                                   % (cfile.file, cfile.line, cfile.path,
+                                      os.strerror(e.errno))))
             return
         self.add_class(cfile.name, [w for row in rows for w in row])
 
     def error(self, code):
         """Sendmail's ExitStat: the first error's code sticks (a temporary failure
         gives way to a later error)."""
-        if self.status in (EX_OK, 75):
+        if self.status in (EX_OK, EX_TEMPFAIL):
             self.status = code
 
     def tokens(self, text, comments):
-        from ..config.tokenize import prescan
         return prescan(text, self.operator_chars, comments=comments)
 
     def detok(self, toks):
-        from ..config.tokenize import detokenize
         return detokenize(toks, self.spacesub, self.operator_chars)
+
+    def usrerr(self, addr, msg):
+        """An error about an address: "ADDR... text" (the SMTP code dropped)."""
+        if len(msg) > 4 and msg[:3].isdigit() and msg[3] == " ":
+            msg = msg[4:]
+        self.write("%s... %s\n" % (addr, msg))
+
+    def flags_text(self):
+        return ("header" if self.header else "envelope",
+                "sender" if self.sender else "recipient")
 
     # ---- dispatch
     def line(self, line):
         """Answer one input line (without its newline)."""
-        line = line.rstrip("\r\n")
-        p = line.lstrip(" \t")
-        if not p or p.startswith("#"):
+        p = line.rstrip("\r\n").lstrip(" ")
+        if not p or p[0] == "#" or p[0] == "?":
             return
         handler = {"$": self.cmd_macro, ".": self.cmd_define, "=": self.cmd_show,
-                   "/": self.cmd_slash}.get(p[0], self.cmd_rulesets)
+                   "/": self.cmd_slash, "-": self.cmd_debug}.get(p[0], self.cmd_rulesets)
         handler(p)
 
+    @staticmethod
+    def _name(text):
+        """A macro/class name at the start of text: (name, rest)."""
+        if text.startswith("{"):
+            k = text.find("}")
+            return (text[1:k], text[k + 1:]) if k > 0 else (text[1:], "")
+        return text[:1], text[1:]
+
     def cmd_macro(self, p):
-        is_class = p.startswith("$=")
-        name = p[2 if is_class else 1:].strip()
-        if name.startswith("{"):
-            name = name[1:].rstrip("}")
-        if is_class:
+        if p.startswith("$="):
+            name = self._name(p[2:])[0]
             self.write("".join(m + "\n" for m in self.classes.get(name, ())))
             return
-        value = self.macros.get(name)
-        # as xputs(): references to other macros are shown, not expanded
-        self.write("Undefined\n" if value is None else value + "\n")
+        name = self._name(p[1:])[0]
+        if name:
+            value = self.macros.get(name)
+            # as xputs(): references to other macros are shown, not expanded
+            self.write("Undefined\n" if value is None else value + "\n")
 
     def cmd_define(self, p):
-        if len(p) < 3:
-            self.write("Undefined or unknown command\n")
-            return
-        kind, rest = p[1], p[2:]
-        if rest.startswith("{"):
-            k = rest.find("}")
-            name, value = rest[1:k], rest[k + 1:]
-        else:
-            name, value = rest[0], rest[1:]
-        value = value.strip()
-        if kind == "D":
-            self.macros[name] = value
-        elif kind == "C":
-            self.add_class(name, [self.expand(value)])
-        else:
+        kind = p[1:2]
+        if kind in ("D", "C") and len(p) > 2:
+            name, value = self._name(p[2:])
+            if name and kind == "D":
+                self.macros[name] = value
+            elif name:
+                self.add_class(name, [self.expand(value)])
+        elif not kind:
+            self.write("Usage: .[DC]macro value(s)\n")
+        elif kind not in ("D", "C"):
             self.write("Unknown \".\" command %s\n" % p)
+
+    def cmd_debug(self, p):
+        if p[1:2] == "d":
+            return              # debug flags: none are traced here
+        self.write("Usage: -d{debug arguments}\n" if len(p) == 1
+                   else "Unknown \"-\" command %s\n" % p)
 
     def cmd_show(self, p):
         if p.startswith("=S"):
-            name = p[2:].strip()
+            name = p[2:]
             number = self.engine.ruleset_number(name)
-            if number is None or number not in self.cf.rulesets:
+            if number is None or not 0 <= number < 200:
                 self.write("Undefined ruleset %s\n" % name)
                 return
-            for lhs, rhs in self.engine._compile(number):
+            for lhs, rhs in (self.engine._compile(number) if number in self.cf.rulesets
+                             else ()):
                 self.write("R" + "".join(t + " " for t in lhs) + "\t\t"
                            + "".join(t + " " for t in rhs) + "\n")
         elif p.startswith("=M"):
             for i, (name, m) in enumerate(self.cf.mailers.items()):
-                eol = m.eol.replace("\r", "\\r").replace("\n", "\\n")
-                self.write("mailer %d (%s): P=%s S=%s R=%s M=%s U=0:0 F=%s L=%s E=%s T=%s "
-                           "r=%s A=%s\n" % (i, name, m.path or "", m.sender_rw or "0/0",
-                                             m.recipient_rw or "0/0", m.maxsize or 0, m.flags,
-                                             m.field("L") or 0, eol, m.field("T") or "",
-                                             m.field("r") or 0, m.argv or ""))
+                self.write("mailer %d (%s): P=%s S=%s R=%s M=%s U=0:0 F=%s L=%s E=%s T=%s r=%s"
+                           " A=%s\n" % (i, name, m.path or "", m.sender_rw or "0/0",
+                                        m.recipient_rw or "0/0", m.maxsize or 0, m.flags,
+                                        m.field("L") or 0, repr(m.eol)[1:-1],
+                                        m.field("T") or "", m.field("r") or 0, m.argv or ""))
         else:
-            self.write("Unknown \"=\" command %s\n" % p)
+            self.write("Usage: =Sruleset or =M\n" if len(p) == 1
+                       else "Unknown \"=\" command %s\n" % p)
 
     def cmd_slash(self, p):
-        word, _, rest = p.partition(" ")
-        rest = rest.strip()
-        cmd = word[1:]
-        if cmd == "parse":
-            return self.cmd_parse(rest)
-        if cmd == "try":
+        p = p.rstrip()
+        k = min([j for j in (p.find(" "), p.find("\t")) if j >= 0] or [len(p)])
+        word, rest = p[:k], p[k:].lstrip(" \t")
+        cmd = word[1:].lower()
+        if not cmd:
+            self.write("Usage: /[canon|map|mx|parse|try|tryflags]\n")
+        elif cmd == "quit":
+            raise EOFError()        # /quit
+        elif cmd not in USAGE:
+            self.write("Unknown \"/\" command %s\n" % word)
+        elif not rest:
+            self.write("Usage: %s\n" % USAGE[cmd])
+        elif cmd == "parse":
+            self.cmd_parse(rest)
+        elif cmd == "try":
             mailer, _, addr = rest.partition(" ")
-            return self.cmd_try(mailer, addr.strip())
-        if cmd == "tryflags":
-            return self.cmd_tryflags(rest)
-        if cmd == "canon":
-            host = rest.split()[0] if rest else ""
-            name = self.canonify(host) or host
-            self.write("getcanonname(%s) returns %s\n" % (host, name))
-            return
-        if cmd == "map":
-            name, _, key = rest.partition(" ")
-            return self.cmd_map(name, key.strip())
-        if cmd == "mx":
-            return self.cmd_mx(rest.split()[0] if rest else "")
-        self.write("Unknown \"/\" command %s\n" % word)
+            if not addr.strip():
+                self.write("Usage: %s\n" % USAGE[cmd])
+                return
+            self.cmd_try(mailer, addr.strip())
+        elif cmd == "tryflags":
+            for c in rest:
+                self.header = {"h": True, "e": False}.get(c.lower(), self.header)
+                self.sender = {"s": True, "r": False}.get(c.lower(), self.sender)
+        elif cmd == "canon":
+            self.write("getcanonname(%s) returns %s\n" % (rest, self.canonify(rest) or rest))
+        elif cmd == "map":
+            self.cmd_map(rest)
+        else:
+            self.cmd_mx(rest)
 
     def cmd_mx(self, host):
         """getmxrr(): without "dns" for hosts in the service switch Sendmail does not use
@@ -369,19 +438,11 @@ class AddrTest:
         else:
             self.write("getmxrr(%s) returns -1 value(s):\n" % host)
 
-    def cmd_tryflags(self, flags):
-        hdr, sender = self.tryflags
-        for c in flags.lower():
-            hdr = c if c in "he" else hdr
-            sender = c if c in "sr" else sender
-        self.tryflags = (hdr, sender)
-
-    def _flags_text(self):
-        return ("header" if self.tryflags[0] == "h" else "envelope",
-                "sender" if self.tryflags[1] == "s" else "recipient")
-
-    def cmd_map(self, name, key):
-        from ..config.maps import TempFail
+    def cmd_map(self, rest):
+        name, sep, key = rest.partition(" ")
+        if not sep:
+            self.write("No key specified\n")
+            return
         m = self.maps.get(name)
         if m is None:
             self.write("Map named \"%s\" not found\n" % name)
@@ -389,55 +450,48 @@ class AddrTest:
         try:
             value, st = m.lookup(key, ()), 0
         except TempFail:
-            value, st = None, 75
+            value, st = None, EX_TEMPFAIL
         found = "no match" if value is None else "returns " + value
         self.write("map_lookup: %s (%s) %s (%d)\n" % (name, key, found, st))
 
-    def _mailer_rw(self, mailer, sender, header):
-        spec = mailer.sender_rw if sender else mailer.recipient_rw
-        if not spec:
-            return None
-        parts = spec.split("/")
-        rs = (parts[1] if header and len(parts) > 1 else parts[0]).strip()
+    def mailer_rw(self, mailer):
+        """The mailer's S= or R= ruleset for the /tryflags kind of address, or None."""
+        parts = ((mailer.sender_rw if self.sender else mailer.recipient_rw) or "").split("/")
+        rs = (parts[1] if self.header and len(parts) > 1 else parts[0]).strip()
         return None if not rs or rs == "0" else rs
+
+    def remotename(self, toks, rs):
+        """Rulesets 1 (sender) or 2 (recipient), the mailer's rs, and 4."""
+        for number in (1 if self.sender else 2, rs, 4):
+            if number is not None:
+                toks, st = self.engine.rewrite(number, toks)
+        return toks, st
 
     def cmd_try(self, mailer_name, addr):
         mailer = self.cf.mailers.get(mailer_name)
         if mailer is None:
             self.write("Unknown mailer %s\n" % mailer_name)
             return
-        hdr, who = self._flags_text()
-        self.write("Trying %s %s address %s for mailer %s\n" % (hdr, who, addr, mailer_name))
-        scan = self.tokens(addr, True)
-        toks = scan.tokens or []
-        toks, st = self.engine.rewrite(3, toks)
-        sender = self.tryflags[1] == "s"
-        toks, st = self.engine.rewrite(1 if sender else 2, toks)
-        rs = self._mailer_rw(mailer, sender, self.tryflags[0] == "h")
-        if rs is not None:
-            toks, st = self.engine.rewrite(rs, toks)
-        toks, st = self.engine.rewrite(4, toks)
+        self.write("Trying %s %s address %s for mailer %s\n"
+                   % (self.flags_text() + (addr, mailer_name)))
+        toks, st = self.engine.rewrite(3, self.tokens(addr, True).tokens or [])
+        toks, st = self.remotename(toks, self.mailer_rw(mailer))
         self.write("Rcode = %d, addr = %s\n" % (st, self.detok(toks)))
 
     def cmd_rulesets(self, p):
-        from ..config.tokenize import prescan
         parts = p.split(None, 1)
         if len(parts) < 2:
             self.write("No address!\n")
             return
         names, rest = parts[0].split(","), parts[1]
-        rulesets = []
-        for name in names:
-            number = self.engine.ruleset_number(name)
-            if number is None:
-                self.write("Undefined ruleset %s\n" % name)
-                return
-            rulesets.append(number)
+        rulesets = [self.engine.ruleset_number(name) for name in names]
+        if None in rulesets:
+            self.write("Undefined ruleset %s\n" % names[rulesets.index(None)])
+            return
         while True:
             scan = prescan(rest, self.operator_chars, comments=False, delim=",")
             for msg in scan.errors:
-                self.write("%s... %s\n" % (rest[:scan.end] if scan.end < len(rest) else rest,
-                                           msg.split(" ", 1)[1] if msg[:1].isdigit() else msg))
+                self.usrerr(rest[:scan.end] if scan.end < len(rest) else rest, msg)
             if scan.tokens is not None:
                 toks = scan.tokens
                 for rs in rulesets:
@@ -452,69 +506,49 @@ class AddrTest:
 
     # ---- /parse
     def cmd_parse(self, addr):
-        from ..config.rewrite import resolve
-        self.write("Cracked address = %s\n" % crackaddr(addr))
-        hdr, who = self._flags_text()
-        self.write("Parsing %s %s address\n" % (hdr, who))
+        """parseaddr() and buildaddr(): rulesets 3 and 0, then the user part through 2 (or
+        1), the mailer's R= (or S=) and 4; prog, *file* and *include* by the first
+        character, as the mailer's F=| F=/ F=: ask."""
+        colon_ok = self.options.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
+        self.write("Cracked address = %s\n" % crackaddr(
+            addr, self.options.get("MustQuoteChars", ".'"), colon_ok))
+        self.write("Parsing %s %s address\n" % self.flags_text())
         scan = self.tokens(addr, True)
         for msg in scan.errors:
-            self.write("%s... %s\n" % (addr, msg.split(" ", 1)[1] if msg[:1].isdigit() else msg))
+            self.usrerr(addr, msg)
         if not scan.tokens:
             self.write("Cannot parse\n")
             return
         toks, st = self.engine.rewrite(3, scan.tokens)
         toks, st = self.engine.rewrite(0, toks)
         parts = resolve(toks, self.spacesub, self.operator_chars)
-        if parts is None:
-            self.write("buildaddr: no mailer in parsed address\n")
+        mailer = parts and self.cf.mailers.get(parts[0])
+        if parts is None or (mailer is None and parts[0] != "error"):
+            self.write("buildaddr: %s\n" % ("no mailer in parsed address" if parts is None
+                                            else "unknown mailer " + parts[0]))
             self.error(EX_SYSERR)
             self.write("mailer *error*, user \n")
             return
         mailer_name, host, user = parts
-        user_toks = self._user_tokens(toks)
+        k = next((k for k, t in enumerate(toks) if t == "$:" and type(t) is not str), -1)
+        user_toks = list(toks[k + 1:]) if k >= 0 else []
         if mailer_name == "error":
-            text = user.replace('"', "")
-            if len(text) > 4 and text[:3].isdigit() and text[3] == " ":
-                text = text[4:]
-            self.write("%s... %s\n" % (addr, text))
-            self.error(self._dsn_status(host))
+            self.usrerr(addr, user.replace('"', ""))
+            self.error(self.dsn_status(host))
             self.write("mailer *error*%s, user %s\n" % (", host " + host if host else "", user))
             return
-        mailer = self.cf.mailers.get(mailer_name)
-        if mailer is None:
-            self.write("buildaddr: unknown mailer %s\n" % mailer_name)
-            self.error(EX_SYSERR)
-            self.write("mailer *error*, user \n")
-            return
-        flags = mailer.flags
-        rs = self._mailer_rw(mailer, self.tryflags[1] == "s", self.tryflags[0] == "h")
-        if "@" in flags and user_toks and user_toks[0] == "@":
+        flags, rs = mailer.flags, self.mailer_rw(mailer)
+        if "@" in flags and user_toks[:1] == ["@"]:
             user_toks = user_toks[1:]
-        first = user_toks[0] if user_toks else ""
-        if first.startswith('"'):
-            first = first[1:]
-        special = None
-        if first.startswith("|") and "|" in flags:
-            special = "prog"
-        elif first.startswith("/") and "/" in flags:
-            special = "*file*"
-        elif ":" in flags and self.detok(user_toks).lower().startswith(":include:"):
+        first = (user_toks[0] if user_toks else "").lstrip('"')[:1]
+        special = {"|": "prog", "/": "*file*"}.get(first) if first in flags else None
+        if ":" in flags and self.detok(user_toks).lower().startswith(":include:"):
             special = "*include*"
         if special is not None:
-            mailer_name = special
-            mailer = self.cf.mailers.get(special)
-            if mailer is not None:
-                flags = mailer.flags
-                rs = self._mailer_rw(mailer, self.tryflags[1] == "s",
-                                     self.tryflags[0] == "h")
-            else:
-                flags, rs = _BUILTIN_FLAGS[special], None
-        sender = self.tryflags[1] == "s"
-        t, st = self.engine.rewrite(1 if sender else 2, user_toks)
-        if rs is not None:
-            t, st = self.engine.rewrite(rs, t)
-        t, st = self.engine.rewrite(4, t)
-        user = self.detok(t)
+            mailer_name, mailer = special, self.cf.mailers.get(special)
+            flags = mailer.flags if mailer is not None else BUILTIN_FLAGS[special]
+            rs = self.mailer_rw(mailer) if mailer is not None else None
+        user = self.detok(self.remotename(user_toks, rs)[0])
         if "u" not in flags:
             user = user.lower()
         if host and "h" not in flags:
@@ -523,52 +557,18 @@ class AddrTest:
         self.write("mailer %s%s, user %s\n" % (mailer_name, hostpart, user))
 
     @staticmethod
-    def _user_tokens(toks):
-        out = None
-        for t in toks:
-            if t == "$:" and type(t) is not str:
-                out = []
-            elif out is not None:
-                out.append(t)
-        return out or []
-
-    @staticmethod
-    def _dsn_status(host):
+    def dsn_status(host):
         """Sendmail's dsntoexitstat() for the $@ of the error mailer (5.1.x: addressing)."""
-        parts = (host or "").split(".")
-        if len(parts) == 3 and parts[0] == "4":
-            return 75
-        if len(parts) == 3 and parts[0] == "5" and parts[1] == "1":
-            return {"1": 67, "2": 68, "3": 68}.get(parts[2], EX_UNAVAILABLE)
-        return EX_UNAVAILABLE
-
-
-# Sendmail's built-in mailers, used when the cf defines none of that name.
-_BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9", "*include*": "su"}
-
-
-def config_warnings(cf):
-    """readcf's complaints about option values: [(line, text)] (a TrustedUser unknown)."""
-    import pwd
-    out = []
-    for name, value, file, line in cf.option_list:
-        user = (value or "").strip()
-        if name == "TrustedUser" and user and not user.isdigit():
-            try:
-                pwd.getpwnam(user)
-            except KeyError:
-                out.append((line, "%s: line %d: readcf: option %s: unknown user %s"
-                            % (file, line, name, user)))
-    return out
-
-
-def _hostname():
-    return os.uname().nodename or "localhost"
+        parts = (host or "").split(".") + ["", ""]
+        if parts[0] == "4":
+            return EX_TEMPFAIL
+        return {"1": 67, "2": 68, "3": 68}.get(parts[2] if parts[:2] == ["5", "1"] else "",
+                                               EX_UNAVAILABLE)
 
 
 def run(cf, options, infile, out, hostname=None, warn=None):
     """Run a session over *infile*; returns the exit status."""
-    session = AddrTest(cf, options, hostname or _hostname(), out, warn=warn)
+    session = AddrTest(cf, options, hostname or os.uname().nodename, out, warn=warn)
     out.write(BANNER)
     while True:
         out.write("> ")
@@ -576,7 +576,10 @@ def run(cf, options, infile, out, hostname=None, warn=None):
         line = infile.readline()
         if not line:
             break
-        session.line(line)
+        try:
+            session.line(line)
+        except EOFError:
+            break
     return session.status
 
 
@@ -584,16 +587,14 @@ def main(inv, layout, options, ident, log):
     """The `-bt` mode of the sendmail command."""
     from ..config import cf as cfmod
     from ..errors import MTAError
-    path = inv.cf or layout.cf
     out = sys.stdout
     warnings = []
     try:
-        cf = cfmod.load(path, warn=warnings.append)
+        cf = cfmod.load(inv.cf or layout.cf, warn=warnings.append)
     except MTAError as e:
         out.write("%s\n" % e.message)
         return EX_CONFIG
-    for w in warnings:
-        out.write("%s\n" % w)
+    out.write("".join(w + "\n" for w in warnings))
     opts = dict(options)
     opts.update(inv.options)
     return run(cf, opts, sys.stdin, out, warn=lambda m: out.write(m + "\n"))
