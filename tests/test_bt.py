@@ -153,9 +153,19 @@ def test_macros_and_classes(simple_cf):
 
 
 def test_class_w_and_host_name_from_hosts_file(simple_cf):
-    # simple.cf sets Dj: the host name does not change $j, but $=w lists it first
-    out, _ = session(simple_cf, "$=w\n", hostname="other")
-    assert out.split("\n")[0] == "> mail.example.com"
+    # simple.cf sets Dj: the host name does not change $j; $=w gets the host's entry in
+    # the hosts file (name, aliases, address) besides the cf's Cw words, listed in the order
+    # of Sendmail's symbol table buckets
+    from pysendmail.cli.addrtest import stab_hash
+    out, _ = session(simple_cf, "$j\n$=w\n", hostname="other")
+    lines = out.split("\n")
+    assert lines[0] == "> mail.example.com"
+    members = [lines[1][2:]] + lines[2:-1]
+    assert set(members) == {"other.example.com", "other", "[192.0.2.40]", "localhost",
+                            "mail", "mail.example.com", "[127.0.0.1]"}
+    assert members == sorted(members, key=stab_hash)
+    out, _ = session(simple_cf, "$=w\n")
+    assert out == "> mail.example.com\nmail\nlocalhost\n[127.0.0.1]\n> "
 
 
 def test_ruleset_list_by_number_and_name(simple_cf):

@@ -1,37 +1,26 @@
 """`sendmail -bt`: Sendmail 8.17's address test mode, answering byte for byte as it does.
 
 Reads commands from stdin, one a line, prints the prompt "> " before each read (input is
-not echoed) and answers on stdout:
-
-  3,0 ADDR          rulesets (numbers or names) applied in turn, with their trace lines
-  =Sn / =M          a ruleset's rules / the mailers
-  $x  $=X           a macro's value / a class's members
-  .Dx value  .Cx v  define a macro / add to a class
-  /parse ADDR       Sendmail's parseaddr(): Cracked address, rulesets 3 and 0, buildaddr
-  /try MAILER ADDR  the rewriting one address gets for that mailer; /tryflags HhEeSsRr
-  /canon HOST       getcanonname() through the HostsFile option (no DNS)
-  /map NAME KEY     a map lookup
-  /mx HOST          MX lookup (no name server is asked: see cmd_mx)
-  /quit             end now
-
-At end of input the exit status is that of the first error (0 without one), as Sendmail's
-ExitStat.
+not echoed) and answers on stdout: `3,0 ADDR` (rulesets, numbers or names, applied in turn
+with their trace lines), `=Sn` `=M` (a ruleset's rules, the mailers), `$x` `$=X` (a macro,
+a class), `.Dx value` `.Cx words`, `/parse ADDR` (parseaddr: Cracked address, rulesets 3
+and 0, buildaddr), `/try MAILER ADDR`, `/tryflags HhEeSsRr`, `/canon HOST` (through the
+HostsFile option, no DNS), `/map NAME KEY`, `/mx HOST` (see cmd_mx), `/quit`.  At end of
+input the exit status is that of the first error (0 without one), as Sendmail's ExitStat.
 
 Security stance: read-only.  It reads the cf named by -C and the files it names (class
 files, the hosts file, the service switch); it writes nothing, opens no socket and runs
 no program.  Maps that would run programs or query the network are not built.
 """
 import os
+import re
 import sys
 
 from ..config.maps import TempFail
 from ..config.rewrite import Engine, resolve
 from ..config.tokenize import detokenize, prescan
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 69, 75, 78
 # Sendmail's syserr() sets EX_OSERR (71) when errno is set, EX_SOFTWARE when it is 0; errno
 # is practically never 0 by then (a failed open or isatty before), so its errors give 71.
 EX_SYSERR = 71
@@ -61,21 +50,37 @@ def read_table(path, quiet=False):
     return [w for w in (ln.split("#", 1)[0].split() for ln in data.splitlines()) if w]
 
 
+def stab_hash(name):
+    """The bucket of a class member in Sendmail's symbol table (STABSIZE 2003, ST_CLASS 1):
+    $=X lists members in bucket order."""
+    h = 1
+    for b in name.encode("utf-8", "surrogateescape"):
+        h = ((h << 1) ^ (b + 32 if 65 <= b <= 90 else b)) % 2003
+    return h
+
+
 def make_canonify(hosts_file):
     """getcanonname() over a hosts file: the first name of the line naming the host (or
-    holding the address of a [literal]); None when absent."""
-    names, addrs = {}, {}
-    for parts in read_table(hosts_file, quiet=True):
+    holding the address of a [literal]); None when absent.  canonify.hostent(name) is
+    gethostbyname()'s (name, aliases, IPv4 addresses) of the lines naming it, or None."""
+    names, addrs, lines = {}, {}, read_table(hosts_file, quiet=True)
+    for parts in lines:
         if len(parts) > 1:
             addrs.setdefault(parts[0].lower(), parts[1])
             for n in parts[1:]:
                 names.setdefault(n.lower(), parts[1])
+
+    def hostent(name):
+        rows = [r for r in lines if ":" not in r[0] and name.lower() in
+                (n.lower() for n in r[1:])]
+        return rows and (rows[0][1], [a for r in rows for a in r[2:]], [r[0] for r in rows])
 
     def canonify(host):
         if host.startswith("[") and host.endswith("]"):
             a = host[1:-1].lower()
             return addrs.get(a[5:] if a.startswith("ipv6:") else a)
         return names.get(host.lower().rstrip("."))
+    canonify.hostent = hostent
     return canonify
 
 
@@ -223,9 +228,10 @@ class AddrTest:
         rows = read_table(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch", True)
         self.services = {r[0].rstrip(":"): r[1:] for r in rows}
         self.macros = dict(cf.macros)
-        fq = hostname.rstrip(".")
+        # myhostname(): the host's entry names it, with its aliases and addresses, in $=w
+        fq, aliases, addrs = self.canonify.hostent(hostname) or (hostname, [], [])
         if "." not in fq:
-            fq = self.canonify(fq) or fq
+            fq = next((a for a in aliases if "." in a), hostname if "." in hostname else fq)
         self.macros.setdefault("w", fq.split(".", 1)[0])
         self.macros.setdefault("j", fq)
         if "." in fq:
@@ -234,7 +240,7 @@ class AddrTest:
             if "$" in self.macros.get(k, ""):
                 self.macros[k] = self.expand(self.macros[k])
         self.classes = {}
-        self.add_class("w", [self.macros["j"], self.macros["w"], "localhost", "[127.0.0.1]"])
+        self.add_class("w", [fq, fq.split(".", 1)[0]] + aliases + ["[%s]" % a for a in addrs])
         for name, words in cf.classes.items():
             self.add_class(name, [self.expand(w) for w in words])
         complaints = []
@@ -268,18 +274,9 @@ class AddrTest:
 
     def expand(self, value, depth=0):
         """$x and ${name} in value replaced by their values (as readcf does for C lines)."""
-        out, i = [], 0
-        while i < len(value):
-            if value[i] != "$" or i + 1 >= len(value) or depth >= 10:
-                out.append(value[i])
-                i += 1
-                continue
-            k = value.find("}", i) if value[i + 1] == "{" else i + 1
-            k = len(value) - 1 if k < 0 else k
-            name = value[i + 2:k] if value[i + 1] == "{" else value[i + 1]
-            out.append(self.expand(self.macros.get(name, ""), depth + 1))
-            i = k + 1
-        return "".join(out)
+        return value if depth >= 10 else re.sub(
+            r"\$(?:\{([^}]*)\}?|(.))", lambda m: self.expand(
+                self.macros.get(m.group(1) or m.group(2), ""), depth + 1), value)
 
     def add_class(self, name, words):
         members = self.classes.setdefault(name, [])
@@ -348,7 +345,8 @@ class AddrTest:
     def cmd_macro(self, p):
         if p.startswith("$="):
             name = self._name(p[2:])[0]
-            self.write("".join(m + "\n" for m in self.classes.get(name, ())))
+            members = sorted(self.classes.get(name, ()), key=stab_hash)
+            self.write("".join(m + "\n" for m in members))
             return
         name = self._name(p[1:])[0]
         if name:
