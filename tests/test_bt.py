@@ -267,3 +267,17 @@ def test_named_rulesets_as_numbers():
     assert by_name.startswith("> canonify           input: user @ example . com\n")
     assert by_name.endswith(
         "parse            returns: $# esmtp $@ example . com $: user < @ example . com >\n> ")
+
+
+def test_parse_buildaddr_special_mailers_and_sender():
+    # buildaddr: F=: and a ":include:" user give *include* without further rewriting; a V10
+    # cf rewrites a sender through 2, the mailer's envelope R= and 4 (as a recipient)
+    from pysendmail.config import cf as cfmod
+    cf = cfmod.load(os.path.join(DATA, "debian.cf"))
+    out, _ = session(cf, "/parse :include:/etc/list\n/tryflags es\n/parse user\n")
+    assert ("parse            returns: $# local $: : include : / etc / list\n"
+            "mailer *include*, user /etc/list\n") in out
+    sender = out[out.index("Parsing envelope sender address"):].split("\n")
+    assert sender[-2:] == ["mailer local, user user", "> "]
+    assert [ln.split()[0] for ln in sender if ln.endswith("input: user")][-3:] == [
+        "2", "EnvToL", "final"]

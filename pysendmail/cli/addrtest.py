@@ -29,9 +29,9 @@ BANNER = ("ADDRESS TEST MODE (ruleset 3 NOT automatically invoked)\n"
           "Enter <ruleset> <address>\n")
 USAGE = {"mx": "/mx address", "canon": "/canon address", "map": "/map mapname key",
          "try": "/try mailer address", "tryflags": "/tryflags [Hh|Ee][Ss|Rr]",
-         "parse": "/parse address"}
+         "parse": "/parse address", "-": "Usage: -d{debug arguments}\n"}
 # Sendmail's built-in mailers, used when the cf defines none of that name.
-BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9", "*include*": "su"}
+BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9"}
 MUST_QUOTE_BASE = "@,;:\\()[]"
 MAXNAME = 256
 
@@ -219,7 +219,7 @@ class AddrTest:
 
     def __init__(self, cf, options, hostname, out, warn=None):
         from ..config import maps as maps_mod
-        self.cf, self.out, self.status = cf, out, EX_OK
+        self.cf, self.out, self.status, self.write = cf, out, EX_OK, out.write
         self.options = opts = dict(cf.options)
         opts.update(options)
         self.operator_chars = opts.get("OperatorChars") or ".:%@!^/[]+"
@@ -269,9 +269,6 @@ class AddrTest:
         self.header = self.sender = False       # /tryflags: envelope recipient
 
     # ---- helpers
-    def write(self, text):
-        self.out.write(text)
-
     def expand(self, value, depth=0):
         """$x and ${name} in value replaced by their values (as readcf does for C lines)."""
         return value if depth >= 10 else re.sub(
@@ -368,10 +365,8 @@ class AddrTest:
             self.write("Unknown \".\" command %s\n" % p)
 
     def cmd_debug(self, p):
-        if p[1:2] == "d":
-            return              # debug flags: none are traced here
-        self.write("Usage: -d{debug arguments}\n" if len(p) == 1
-                   else "Unknown \"-\" command %s\n" % p)
+        if p[1:2] != "d":       # -dX.Y, debug flags: none are traced here
+            self.write("Unknown \"-\" command %s\n" % p if p[1:] else USAGE["-"])
 
     def cmd_show(self, p):
         if p.startswith("=S"):
@@ -404,17 +399,14 @@ class AddrTest:
             self.write("Usage: /[canon|map|mx|parse|try|tryflags]\n")
         elif cmd == "quit":
             raise EOFError()        # /quit
-        elif cmd not in USAGE:
+        elif cmd not in USAGE or cmd == "-":
             self.write("Unknown \"/\" command %s\n" % word)
-        elif not rest:
+        elif not rest or (cmd == "try" and not rest.partition(" ")[2].strip()):
             self.write("Usage: %s\n" % USAGE[cmd])
         elif cmd == "parse":
             self.cmd_parse(rest)
         elif cmd == "try":
             mailer, _, addr = rest.partition(" ")
-            if not addr.strip():
-                self.write("Usage: %s\n" % USAGE[cmd])
-                return
             self.cmd_try(mailer, addr.strip())
         elif cmd == "tryflags":
             for c in rest:
@@ -452,10 +444,11 @@ class AddrTest:
         found = "no match" if value is None else "returns " + value
         self.write("map_lookup: %s (%s) %s (%d)\n" % (name, key, found, st))
 
-    def mailer_rw(self, mailer):
-        """The mailer's S= or R= ruleset for the /tryflags kind of address, or None."""
-        parts = ((mailer.sender_rw if self.sender else mailer.recipient_rw) or "").split("/")
-        rs = (parts[1] if self.header and len(parts) > 1 else parts[0]).strip()
+    @staticmethod
+    def mailer_rw(mailer, sender, header):
+        """The mailer's S= or R= ruleset for that kind of address, or None."""
+        parts = ((mailer.sender_rw if sender else mailer.recipient_rw) or "").split("/")
+        rs = (parts[1] if header and len(parts) > 1 else parts[0]).strip()
         return None if not rs or rs == "0" else rs
 
     def remotename(self, toks, rs):
@@ -473,7 +466,7 @@ class AddrTest:
         self.write("Trying %s %s address %s for mailer %s\n"
                    % (self.flags_text() + (addr, mailer_name)))
         toks, st = self.engine.rewrite(3, self.tokens(addr, True).tokens or [])
-        toks, st = self.remotename(toks, self.mailer_rw(mailer))
+        toks, st = self.remotename(toks, self.mailer_rw(mailer, self.sender, self.header))
         self.write("Rcode = %d, addr = %s\n" % (st, self.detok(toks)))
 
     def cmd_rulesets(self, p):
@@ -535,18 +528,27 @@ class AddrTest:
             self.error(self.dsn_status(host))
             self.write("mailer *error*%s, user %s\n" % (", host " + host if host else "", user))
             return
-        flags, rs = mailer.flags, self.mailer_rw(mailer)
+        flags = mailer.flags
         if "@" in flags and user_toks[:1] == ["@"]:
             user_toks = user_toks[1:]
-        first = (user_toks[0] if user_toks else "").lstrip('"')[:1]
-        special = {"|": "prog", "/": "*file*"}.get(first) if first in flags else None
-        if ":" in flags and self.detok(user_toks).lower().startswith(":include:"):
-            special = "*include*"
+        ubuf = detokenize(user_toks, "", self.operator_chars)
+        first = ubuf[1:2] if ubuf[:1] == '"' else ubuf[:1]
+        if first == ":" and ":" in flags and ubuf.replace('"', "")[:9].lower() == ":include:":
+            hostpart = ", host " + host if host else ""     # no further rewriting
+            self.write("mailer *include*%s, user %s\n" % (hostpart, ubuf.replace('"', "")[9:]))
+            return
+        special = {"|": "prog", "/": "*file*"}.get(first) if first and first in flags else None
         if special is not None:
             mailer_name, mailer = special, self.cf.mailers.get(special)
             flags = mailer.flags if mailer is not None else BUILTIN_FLAGS[special]
-            rs = self.mailer_rw(mailer) if mailer is not None else None
-        user = self.detok(self.remotename(user_toks, rs)[0])
+        # V10 cfs (and envelope recipients) get 2, the mailer's envelope R=, 4; others 4
+        level = re.match(r"\d*", self.cf.version or "").group()
+        t = user_toks
+        if int(level or 0) >= 10 or not (self.sender or self.header):
+            rs = self.mailer_rw(mailer, False, False) if mailer is not None else None
+            t = self.engine.rewrite(2, t)[0]
+            t = self.engine.rewrite(rs, t)[0] if rs is not None else t
+        user = self.detok(self.engine.rewrite(4, t)[0])
         if "u" not in flags:
             user = user.lower()
         if host and "h" not in flags:
