@@ -281,3 +281,12 @@ def test_parse_buildaddr_special_mailers_and_sender():
     assert sender[-2:] == ["mailer local, user user", "> "]
     assert [ln.split()[0] for ln in sender if ln.endswith("input: user")][-3:] == [
         "2", "EnvToL", "final"]
+
+
+def test_ruleset_list_stops_at_an_undefined_name_and_try_keeps_the_phrase(simple_cf):
+    out, _ = session(simple_cf, "3,nosuch,0 boss\n/tryflags h\n/try smtp Joe <user@example.com>\n")
+    lines = out.split("\n")
+    assert lines[:3] == ["> 3                  input: boss", "3                returns: boss",
+                         "Undefined ruleset nosuch,0"]
+    assert lines[3] == "> > Trying header recipient address Joe <user@example.com> for mailer smtp"
+    assert lines[-2:] == ["Rcode = 0, addr = Joe <user@example.com>", "> "]

@@ -38,8 +38,7 @@ MAXNAME = 256
 
 # ------------------------------------------------------------------ environment
 def read_table(path, quiet=False):
-    """The lines of a text file as lists of words, `#` comments dropped.  A file that
-    cannot be read raises OSError, or gives [] when quiet."""
+    """A text file's lines as lists of words, `#` comments dropped; OSError or [] (quiet)."""
     try:
         with open(path, "rb") as f:
             data = f.read().decode("utf-8", "replace")
@@ -51,8 +50,7 @@ def read_table(path, quiet=False):
 
 
 def stab_hash(name):
-    """The bucket of a class member in Sendmail's symbol table (STABSIZE 2003, ST_CLASS 1):
-    $=X lists members in bucket order."""
+    """A class member's bucket in Sendmail's symbol table, the order $=X lists members in."""
     h = 1
     for b in name.encode("utf-8", "surrogateescape"):
         h = ((h << 1) ^ (b + 32 if 65 <= b <= 90 else b)) % 2003
@@ -61,8 +59,7 @@ def stab_hash(name):
 
 def make_canonify(hosts_file):
     """getcanonname() over a hosts file: the first name of the line naming the host (or
-    holding the address of a [literal]); None when absent.  canonify.hostent(name) is
-    gethostbyname()'s (name, aliases, IPv4 addresses) of the lines naming it, or None."""
+    the [address]), else None; canonify.hostent(name): (name, aliases, IPv4 addresses)."""
     names, addrs, lines = {}, {}, read_table(hosts_file, quiet=True)
     for parts in lines:
         if len(parts) > 1:
@@ -267,6 +264,8 @@ class AddrTest:
                              trace=lambda line: self.write(line + "\n"),
                              operator_chars=self.operator_chars, spacesub=self.spacesub)
         self.header = self.sender = False       # /tryflags: envelope recipient
+        self.level = int(re.match(r"\d*", cf.version or "").group() or 0)   # ConfigLevel
+        self.colon_ok = opts.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
 
     # ---- helpers
     def expand(self, value, depth=0):
@@ -446,28 +445,36 @@ class AddrTest:
 
     @staticmethod
     def mailer_rw(mailer, sender, header):
-        """The mailer's S= or R= ruleset for that kind of address, or None."""
+        """The mailer's S= or R= ruleset for that kind of address ("0": none), or None."""
         parts = ((mailer.sender_rw if sender else mailer.recipient_rw) or "").split("/")
-        rs = (parts[1] if header and len(parts) > 1 else parts[0]).strip()
-        return None if not rs or rs == "0" else rs
+        return (parts[1] if header and len(parts) > 1 else parts[0]).strip() or None
 
-    def remotename(self, toks, rs):
-        """Rulesets 1 (sender) or 2 (recipient), the mailer's rs, and 4."""
-        for number in (1 if self.sender else 2, rs, 4):
-            if number is not None:
-                toks, st = self.engine.rewrite(number, toks)
-        return toks, st
+    def rewrite(self, ruleset, toks):
+        """engine.rewrite(); its errors are syserrs; an infinite loop's status is OK."""
+        toks, st = self.engine.rewrite(ruleset, toks)
+        if self.engine.messages:
+            self.error(EX_SYSERR)
+        return toks, (0 if st == 70 else st)
 
     def cmd_try(self, mailer_name, addr):
+        """remotename(): 3, 1 or 2, the mailer's, 4, in crackaddr's template; Rcode 0/75."""
         mailer = self.cf.mailers.get(mailer_name)
         if mailer is None:
             self.write("Unknown mailer %s\n" % mailer_name)
             return
         self.write("Trying %s %s address %s for mailer %s\n"
                    % (self.flags_text() + (addr, mailer_name)))
-        toks, st = self.engine.rewrite(3, self.tokens(addr, True).tokens or [])
-        toks, st = self.remotename(toks, self.mailer_rw(mailer, self.sender, self.header))
-        self.write("Rcode = %d, addr = %s\n" % (st, self.detok(toks)))
+        rs, rcode, toks = self.mailer_rw(mailer, self.sender, self.header), 0, None
+        if rs is not None:
+            fancy = crackaddr(addr, self.options.get("MustQuoteChars", ".'"), self.colon_ok)
+            toks = self.tokens(addr, True).tokens
+        for number in (3, 1 if self.sender else 2, rs, 4) if toks is not None else ():
+            if number == "0":
+                continue
+            toks, st = self.rewrite(number, toks)
+            rcode = EX_TEMPFAIL if st == EX_TEMPFAIL else rcode
+        result = addr if toks is None else fancy.replace("$g", self.detok(toks))
+        self.write("Rcode = %d, addr = %s\n" % (rcode, result))
 
     def cmd_rulesets(self, p):
         parts = p.split(None, 1)
@@ -475,34 +482,29 @@ class AddrTest:
             self.write("No address!\n")
             return
         names, rest = parts[0].split(","), parts[1]
-        rulesets = [self.engine.ruleset_number(name) for name in names]
-        if None in rulesets:
-            self.write("Undefined ruleset %s\n" % names[rulesets.index(None)])
-            return
         while True:
-            scan = prescan(rest, self.operator_chars, comments=False, delim=",")
+            scan = prescan(rest, self.operator_chars, comments=self.level < 9, delim=",")
             for msg in scan.errors:
-                self.usrerr(rest[:scan.end] if scan.end < len(rest) else rest, msg)
-            if scan.tokens is not None:
-                toks = scan.tokens
-                for rs in rulesets:
-                    toks, st = self.engine.rewrite(rs, toks)
-                    if st not in (0, 70):
-                        break
+                self.usrerr(rest, msg)
+            for k, name in enumerate(names if scan.tokens is not None else ()):
+                number = self.engine.ruleset_number(name)
+                if number is None:
+                    self.write("Undefined ruleset %s\n" % ",".join(names[k:]))
+                    break
+                scan.tokens, st = self.rewrite(number, scan.tokens)
+                if st:
+                    self.write("== Ruleset %s (%d) status %d\n" % (",".join(names[k:]),
+                                                                    number, st))
             if scan.end >= len(rest):
                 break
             rest = rest[scan.end + 1:]
-            if not rest.strip():
-                break
 
     # ---- /parse
     def cmd_parse(self, addr):
-        """parseaddr() and buildaddr(): rulesets 3 and 0, then the user part through 2 (or
-        1), the mailer's R= (or S=) and 4; prog, *file* and *include* by the first
-        character, as the mailer's F=| F=/ F=: ask."""
-        colon_ok = self.options.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
+        """parseaddr() and buildaddr(): rulesets 3 and 0, the user part through 2, the
+        mailer's envelope R= and 4; prog, *file*, *include* as the mailer's F=| F=/ F=: ask."""
         self.write("Cracked address = %s\n" % crackaddr(
-            addr, self.options.get("MustQuoteChars", ".'"), colon_ok))
+            addr, self.options.get("MustQuoteChars", ".'"), self.colon_ok))
         self.write("Parsing %s %s address\n" % self.flags_text())
         scan = self.tokens(addr, True)
         for msg in scan.errors:
@@ -510,8 +512,7 @@ class AddrTest:
         if not scan.tokens:
             self.write("Cannot parse\n")
             return
-        toks, st = self.engine.rewrite(3, scan.tokens)
-        toks, st = self.engine.rewrite(0, toks)
+        toks = self.rewrite(0, self.rewrite(3, scan.tokens)[0])[0]
         parts = resolve(toks, self.spacesub, self.operator_chars)
         mailer = parts and self.cf.mailers.get(parts[0])
         if parts is None or (mailer is None and parts[0] != "error"):
@@ -542,13 +543,12 @@ class AddrTest:
             mailer_name, mailer = special, self.cf.mailers.get(special)
             flags = mailer.flags if mailer is not None else BUILTIN_FLAGS[special]
         # V10 cfs (and envelope recipients) get 2, the mailer's envelope R=, 4; others 4
-        level = re.match(r"\d*", self.cf.version or "").group()
         t = user_toks
-        if int(level or 0) >= 10 or not (self.sender or self.header):
+        if self.level >= 10 or not (self.sender or self.header):
             rs = self.mailer_rw(mailer, False, False) if mailer is not None else None
-            t = self.engine.rewrite(2, t)[0]
-            t = self.engine.rewrite(rs, t)[0] if rs is not None else t
-        user = self.detok(self.engine.rewrite(4, t)[0])
+            t = self.rewrite(2, t)[0]
+            t = self.rewrite(rs, t)[0] if rs not in (None, "0") else t
+        user = self.detok(self.rewrite(4, t)[0])
         if "u" not in flags:
             user = user.lower()
         if host and "h" not in flags:
