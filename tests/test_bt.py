@@ -290,3 +290,10 @@ def test_ruleset_list_stops_at_an_undefined_name_and_try_keeps_the_phrase(simple
                          "Undefined ruleset nosuch,0"]
     assert lines[3] == "> > Trying header recipient address Joe <user@example.com> for mailer smtp"
     assert lines[-2:] == ["Rcode = 0, addr = Joe <user@example.com>", "> "]
+
+
+def test_a_message_on_stdin(simple_cf):
+    # `sendmail -bt < message` (Sendmail 8.17's answer in the reference exit-code capture)
+    out, rc = session(simple_cf, "From: nobody@example.com\nSubject: no recipients\n\nbody\n")
+    assert (out, rc) == ("> Undefined ruleset From:\n> Undefined ruleset Subject:\n> > No address!"
+                         "\n> ", 0)
