@@ -297,3 +297,19 @@ def test_a_message_on_stdin(simple_cf):
     out, rc = session(simple_cf, "From: nobody@example.com\nSubject: no recipients\n\nbody\n")
     assert (out, rc) == ("> Undefined ruleset From:\n> Undefined ruleset Subject:\n> > No address!"
                          "\n> ", 0)
+
+
+def test_cf_complaints_and_builtin_host_map(tmp_path):
+    from pysendmail.config import cf as cfmod
+    path = tmp_path / "t.cf"
+    path.write_text("V10/Berkeley\nZjunk here\nS0\nR$*\t$#local $: $1\n")
+    cf = cfmod.load(str(path))
+    from pysendmail.cli import addrtest
+    out = io.StringIO()
+    rc = addrtest.run(cf, {"HostsFile": os.path.join(DATA, "hosts")},
+                      io.StringIO("/map host mail\n"), out, hostname="mail.example.com",
+                      warn=lambda m: out.write(m + "\n"))
+    assert out.getvalue() == ('%s: line 2: unknown configuration line "Zjunk here"\n' % path
+                              + addrtest.BANNER
+                              + "> map_lookup: host (mail) returns mail.example.com. (0)\n> ")
+    assert rc == 71

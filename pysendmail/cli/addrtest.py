@@ -243,9 +243,12 @@ class AddrTest:
         complaints = []
         for cfile in cf.class_files:
             self.read_class_file(cfile, complaints)
-        for line, text in config_warnings(cf):
+        for file, line, msg, text in cf.warnings:       # readcf's syserrs, Sendmail's form
+            complaints.append((line, "%s: line %d: %s%s" % (file, line, msg, ' "%s"' % text
+                               if msg == "unknown configuration line" else "")))
+        complaints += config_warnings(cf)
+        if complaints:
             self.error(EX_SYSERR)
-            complaints.append((line, text))
         for _line, text in sorted(complaints, key=lambda c: c[0]) if warn else ():
             warn(text)
         self.maps = {}
@@ -429,12 +432,9 @@ class AddrTest:
 
     def cmd_map(self, rest):
         name, sep, key = rest.partition(" ")
-        if not sep:
-            self.write("No key specified\n")
-            return
-        m = self.maps.get(name)
-        if m is None:
-            self.write("Map named \"%s\" not found\n" % name)
+        m = self.engine.maps.get(name)          # the cf's K maps and the built-in "host"
+        if not sep or m is None:
+            self.write('Map named "%s" not found\n' % name if sep else "No key specified\n")
             return
         try:
             value, st = m.lookup(key, ()), 0
@@ -588,13 +588,11 @@ def main(inv, layout, options, ident, log):
     from ..config import cf as cfmod
     from ..errors import MTAError
     out = sys.stdout
-    warnings = []
     try:
-        cf = cfmod.load(inv.cf or layout.cf, warn=warnings.append)
+        cf = cfmod.load(inv.cf or layout.cf)
     except MTAError as e:
         out.write("%s\n" % e.message)
         return EX_CONFIG
-    out.write("".join(w + "\n" for w in warnings))
     opts = dict(options)
     opts.update(inv.options)
     return run(cf, opts, sys.stdin, out, warn=lambda m: out.write(m + "\n"))
