@@ -313,3 +313,13 @@ def test_cf_complaints_and_builtin_host_map(tmp_path):
                               + addrtest.BANNER
                               + "> map_lookup: host (mail) returns mail.example.com. (0)\n> ")
     assert rc == 71
+
+
+def test_show_mailers(simple_cf):
+    # printmailer(): envelope/header rulesets (the header one is the envelope one when the cf
+    # gives one), flags in ASCII order, T= parts, A= words
+    out, _ = session(simple_cf, "=M\n")
+    lines = out.split("\n")
+    assert lines[2] == ("mailer 2 (smtp): P=[IPC] S=11/31 R=21/21 M=0 U=0:0 F=DFMXamu L=990 "
+                        "E=\\r\\n T=DNS/RFC822/SMTP r=100 A=TCP $h")
+    assert len(lines) == 5 and lines[-1] == "> "

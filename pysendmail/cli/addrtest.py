@@ -21,8 +21,7 @@ from ..config.rewrite import Engine, resolve
 from ..config.tokenize import detokenize, prescan
 
 EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 69, 75, 78
-# Sendmail's syserr() sets EX_OSERR (71) when errno is set, EX_SOFTWARE when it is 0; errno
-# is practically never 0 by then (a failed open or isatty before), so its errors give 71.
+# syserr() gives EX_OSERR (71) when errno is set (EX_SOFTWARE if 0): practically always.
 EX_SYSERR = 71
 
 BANNER = ("ADDRESS TEST MODE (ruleset 3 NOT automatically invoked)\n"
@@ -98,10 +97,9 @@ def config_warnings(cf):
 
 # ------------------------------------------------------------------ crackaddr
 def crackaddr(addr, must_quote=".'", colon_ok=False):
-    """The template Sendmail's crackaddr() makes of an address for the From: line: the
-    address proper becomes $g; the phrase, angle brackets and comments are kept, a phrase
-    holding MustQuoteChars (or a stray `>`, a second `<`, a backslash) is quoted, and
-    unclosed quotes, comments and angles are closed.  MAXNAME or longer: `<$g>`."""
+    """Sendmail's crackaddr(): the address proper becomes $g; phrase, angle brackets and
+    comments are kept, a phrase holding MustQuoteChars (or a stray `>`, a second `<`, a
+    backslash) quoted, unclosed quotes, comments and angles closed; too long: `<$g>`."""
     specials = MUST_QUOTE_BASE + must_quote
     n = len(addr) - len(addr.lstrip())
     out = list(addr[:n])        # leading white space is kept
@@ -122,10 +120,7 @@ def crackaddr(addr, must_quote=".'", colon_ok=False):
         for ch in addr[addrhead:j]:
             out.extend(("\\", ch) if quoteit and ch == '"' else ch)
         if quoteit:
-            if len(out) == head + 1:
-                out.pop()
-            else:
-                out.append('"')
+            out.pop() if len(out) == head + 1 else out.append('"')
             k = addr.index(end_char, j) + 1
             out.extend(addr[j:k])
             j = k
@@ -150,8 +145,7 @@ def crackaddr(addr, must_quote=".'", colon_ok=False):
             continue
         if not real:
             if c == "(":
-                cmt += 1
-                realcmt += 1
+                cmt, realcmt = cmt + 1, realcmt + 1
                 if copying <= 0:
                     out.extend((" (" if len(out) != head else "("))
                 copying += 1
@@ -383,14 +377,24 @@ class AddrTest:
                            + "".join(t + " " for t in rhs) + "\n")
         elif p.startswith("=M"):
             for i, (name, m) in enumerate(self.cf.mailers.items()):
-                self.write("mailer %d (%s): P=%s S=%s R=%s M=%s U=0:0 F=%s L=%s E=%s T=%s r=%s"
-                           " A=%s\n" % (i, name, m.path or "", m.sender_rw or "0/0",
-                                        m.recipient_rw or "0/0", m.maxsize or 0, m.flags,
-                                        m.field("L") or 0, repr(m.eol)[1:-1],
-                                        m.field("T") or "", m.field("r") or 0, m.argv or ""))
+                self.printmailer(i, name, m)
         else:
             self.write("Usage: =Sruleset or =M\n" if len(p) == 1
                        else "Unknown \"=\" command %s\n" % p)
+
+    def printmailer(self, i, name, m):
+        """printmailer()'s line; the mailers are numbered in cf order."""
+        def rs(n):
+            n = self.engine.ruleset_number(n.strip()) if n.strip() else -1
+            return self.engine.numbers_to_names.get(n, str(n))
+        se, re_ = [(x or "").split("/") * 2 for x in (m.sender_rw, m.recipient_rw)]
+        t = ((m.field("T") or "").split("/") + ["", ""])[:3]
+        self.write("mailer %d (%s): P=%s S=%s/%s R=%s/%s M=%d U=0:0 F=%s L=%s E=%s T=%s r=%s "
+                   "A=%s\n" % (i, name, m.path or "", rs(se[0]), rs(se[1]), rs(re_[0]),
+                               rs(re_[1]), m.maxsize or 0, "".join(sorted(set(m.flags))),
+                               m.field("L") or 0, repr(m.eol)[1:-1],
+                               "/".join(x or "<undefined>" for x in t), m.field("r") or 100,
+                               " ".join((m.argv or "").split())))
 
     def cmd_slash(self, p):
         p = p.rstrip()
@@ -566,7 +570,7 @@ class AddrTest:
                                                EX_UNAVAILABLE)
 
 
-def run(cf, options, infile, out, hostname=None, warn=None):
+def run(cf, options, infile, out, warn=None, hostname=None):
     """Run a session over *infile*; returns the exit status."""
     session = AddrTest(cf, options, hostname or os.uname().nodename, out, warn=warn)
     out.write(BANNER)
@@ -593,6 +597,4 @@ def main(inv, layout, options, ident, log):
     except MTAError as e:
         out.write("%s\n" % e.message)
         return EX_CONFIG
-    opts = dict(options)
-    opts.update(inv.options)
-    return run(cf, opts, sys.stdin, out, warn=lambda m: out.write(m + "\n"))
+    return run(cf, dict(options, **inv.options), sys.stdin, out, lambda m: out.write(m + "\n"))
