@@ -28,11 +28,13 @@ def main(argv=None):
             from . import install
             return install.main([args[0]] + args[1:])
         prog = "sendmail"
+    from .. import layout as layoutmod
+    layout = layoutmod.current()
     if prog == "sendmail" and "--json" not in args:
         # The running service takes plain submissions (it decides, from the argv, before
         # a byte of stdin is read): nothing more is imported on this path.
         from .relay import submit_to_service
-        status = submit_to_service(argv)
+        status = submit_to_service(argv, layout)
         if status is not None:
             return status
     from ..errors import EX_SOFTWARE, MTAError, UsageError
@@ -48,7 +50,7 @@ def main(argv=None):
         return e.status
     inv.json = json_out
     try:
-        return _run(inv)
+        return _run(inv, layout)
     except MTAError as e:
         _out(e.message)
         return e.status
@@ -66,12 +68,10 @@ def _login():
         return "uid%d" % posix.getuid()
 
 
-def _setup(inv):
-    from .. import layout as layoutmod
+def _setup(inv, layout):
     from ..config import identity, options as optmod
     from ..errors import MTAError
     from ..log import Logger
-    layout = layoutmod.current()
     log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)
     try:
         cf = optmod.read_quick(inv.cf or layout.cf)
@@ -84,14 +84,14 @@ def _setup(inv):
     options.update(inv.options)
     if options.get("AliasFile"):
         layout.aliases = options["AliasFile"].split(",")[0].strip()
-    ident = identity.detect(cf)
+    ident = identity.detect(cf, options.get("HostsFile") or "/etc/hosts")
     return layout, options, ident, log
 
 
-def _run(inv):
+def _run(inv, layout):
     from ..errors import EX_OK, EX_UNAVAILABLE
     mode = inv.mode
-    layout, options, ident, log = _setup(inv)
+    layout, options, ident, log = _setup(inv, layout)
     if mode == "p":
         from . import mailq
         return mailq.main(inv, layout)

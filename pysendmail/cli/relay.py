@@ -34,10 +34,10 @@ def _recv_exactly(s, n):
     return data
 
 
-def submit_to_service(argv):
-    """Submit through the service; returns the exit status, or None to submit directly."""
+def submit_to_service(argv, lay):
+    """Submit through the service of layout `lay`; returns the exit status, or None to
+    submit directly."""
     from .. import layout as layoutmod
-    lay = layoutmod.current()
     path = lay.submit_socket
     try:
         st = posix.stat(path)

@@ -229,7 +229,7 @@ def parse(argv, prog="sendmail"):
         elif letter == "h":
             inv.hop_count = value
         elif letter == "e":
-            inv.error_mode = value[:1] or "p"
+            _set_option(inv, "ErrorMode", value or "True")
         elif letter == "L":
             inv.log_tag = value
         elif letter == "p":
