@@ -253,7 +253,7 @@ def test_parse_errors_and_exit_status(simple_cf):
     (";", ";$g"),
 ])
 def test_crackaddr(addr, template):
-    from pysendmail.cli.addrtest import crackaddr
+    from pysendmail.config.crackaddr import crackaddr
     assert crackaddr(addr) == template
 
 
