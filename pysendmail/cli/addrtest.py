@@ -17,9 +17,9 @@ import re
 import sys
 
 from ..config.maps import TempFail
-from ..config.rewrite import Engine, resolve
+from ..config.rules import Rules
 from ..config.crackaddr import crackaddr
-from ..config.tokenize import detokenize, prescan
+from ..config.tokenize import prescan
 
 EX_OK, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 69, 75, 78
 # syserr() gives EX_OSERR (71) when errno is set (EX_SOFTWARE if 0): practically always.
@@ -35,18 +35,6 @@ BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9"}
 
 
 # ------------------------------------------------------------------ environment
-def read_table(path, quiet=False):
-    """A text file's lines as lists of words, `#` comments dropped; OSError or [] (quiet)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        if quiet:
-            return []
-        raise
-    return [w for w in (ln.split("#", 1)[0].split() for ln in data.splitlines()) if w]
-
-
 def stab_hash(name):
     """A class member's bucket in Sendmail's symbol table, the order $=X lists members in."""
     h = 1
@@ -55,134 +43,26 @@ def stab_hash(name):
     return h
 
 
-def make_canonify(hosts_file):
-    """getcanonname() over a hosts file: the first name of the line naming the host (or
-    the [address]), else None; canonify.hostent(name): (name, aliases, IPv4 addresses)."""
-    names, addrs, lines = {}, {}, read_table(hosts_file, quiet=True)
-    for parts in lines:
-        if len(parts) > 1:
-            addrs.setdefault(parts[0].lower(), parts[1])
-            for n in parts[1:]:
-                names.setdefault(n.lower(), parts[1])
-
-    def hostent(name):
-        rows = [r for r in lines if ":" not in r[0] and name.lower() in
-                (n.lower() for n in r[1:])]
-        return rows and (rows[0][1], [a for r in rows for a in r[2:]], [r[0] for r in rows])
-
-    def canonify(host):
-        if host.startswith("[") and host.endswith("]"):
-            a = host[1:-1].lower()
-            return addrs.get(a[5:] if a.startswith("ipv6:") else a)
-        return names.get(host.lower().rstrip("."))
-    canonify.hostent = hostent
-    return canonify
-
-
-def config_warnings(cf):
-    """readcf's complaints about option values: [(line, text)] (a TrustedUser unknown)."""
-    import pwd
-    out = []
-    for name, value, file, line in cf.option_list:
-        user = (value or "").strip()
-        if name == "TrustedUser" and user and not user.isdigit():
-            try:
-                pwd.getpwnam(user)
-            except KeyError:
-                out.append((line, "%s: line %d: readcf: option %s: unknown user %s"
-                            % (file, line, name, user)))
-    return out
-
 
 class AddrTest:
     """One -bt session over a loaded cf."""
 
     def __init__(self, cf, options, hostname, out, warn=None):
-        from ..config import maps as maps_mod
         self.cf, self.out, self.status, self.write = cf, out, EX_OK, out.write
-        self.options = opts = dict(cf.options)
-        opts.update(options)
-        self.operator_chars = opts.get("OperatorChars") or ".:%@!^/[]+"
-        self.spacesub = opts.get("BlankSub") or " "
-        self.canonify = make_canonify(opts.get("HostsFile") or "/etc/hosts")
-        rows = read_table(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch", True)
-        self.services = {r[0].rstrip(":"): r[1:] for r in rows}
-        self.macros = dict(cf.macros)
-        # myhostname(): the host's entry names it, with its aliases and addresses, in $=w
-        fq, aliases, addrs = self.canonify.hostent(hostname) or (hostname, [], [])
-        if "." not in fq:
-            fq = next((a for a in aliases if "." in a), hostname if "." in hostname else fq)
-        self.macros.setdefault("w", fq.split(".", 1)[0])
-        self.macros.setdefault("j", fq)
-        if "." in fq:
-            self.macros.setdefault("m", fq.split(".", 1)[1])
-        for k in ("j", "w", "m"):
-            if "$" in self.macros.get(k, ""):
-                self.macros[k] = self.expand(self.macros[k])
-        self.classes = {}
-        self.add_class("w", [fq, fq.split(".", 1)[0]] + aliases + ["[%s]" % a for a in addrs])
-        for name, words in cf.classes.items():
-            self.add_class(name, [self.expand(w) for w in words])
-        complaints = []
-        for cfile in cf.class_files:
-            self.read_class_file(cfile, complaints)
-        for file, line, msg, text in cf.warnings:       # readcf's syserrs, Sendmail's form
-            complaints.append((line, "%s: line %d: %s%s" % (file, line, msg, ' "%s"' % text
-                               if msg == "unknown configuration line" else "")))
-        complaints += config_warnings(cf)
-        if complaints:
+        self.rules = rules = Rules(cf, options, hostname,
+                                   trace=lambda line: self.write(line + "\n"))
+        rules.on_syserr = lambda: self.error(EX_SYSERR)
+        self.options, self.macros, self.classes = rules.options, rules.macros, rules.classes
+        self.canonify, self.services, self.engine = rules.canonify, rules.services, rules.engine
+        if rules.complaints:
             self.error(EX_SYSERR)
-        for _line, text in sorted(complaints, key=lambda c: c[0]) if warn else ():
+        for _line, text in rules.complaints if warn else ():
             warn(text)
-        self.maps = {}
-        for name, spec in cf.maps.items():
-            try:
-                m = maps_mod.make_map(name, spec.mclass, (spec.args or "").split(),
-                                      macros=self.macros, maps=self.maps,
-                                      canonify=self.canonify, services=self.services)
-            except Exception:  # noqa: BLE001 - a map we cannot build is absent, as Sendmail's
-                m = None
-            if m is not None:
-                self.maps[name] = m
-        rulesets = {num: [(r.lhs, r.rhs) for r in rs.rules] for num, rs in cf.rulesets.items()}
-        self.engine = Engine(rulesets, self.classes, self.macros, self.maps,
-                             dict(cf.ruleset_names), canonify=self.canonify,
-                             trace=lambda line: self.write(line + "\n"),
-                             operator_chars=self.operator_chars, spacesub=self.spacesub)
         self.header = self.sender = False       # /tryflags: envelope recipient
-        self.level = int(re.match(r"\d*", cf.version or "").group() or 0)   # ConfigLevel
-        self.colon_ok = opts.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
 
     # ---- helpers
-    def expand(self, value, depth=0):
-        """$x and ${name} in value replaced by their values (as readcf does for C lines)."""
-        return value if depth >= 10 else re.sub(
-            r"\$(?:\{([^}]*)\}?|(.))", lambda m: self.expand(
-                self.macros.get(m.group(1) or m.group(2), ""), depth + 1), value)
-
     def add_class(self, name, words):
-        members = self.classes.setdefault(name, [])
-        seen = {m.lower() for m in members}
-        for word in (x for w in words for x in w.split()):
-            if word.lower() not in seen:
-                seen.add(word.lower())
-                members.append(word)
-        if hasattr(self, "engine"):
-            self.engine._folded.pop(name, None)     # the engine caches folded classes
-
-    def read_class_file(self, cfile, complaints):
-        if cfile.path.startswith("|"):
-            return
-        try:
-            rows = read_table(cfile.path)
-        except OSError as e:
-            if not cfile.optional:
-                self.error(EX_SYSERR)
-                complaints.append((cfile.line, "%s: line %d: fileclass: cannot open '%s': %s"
-                                   % (cfile.file, cfile.line, cfile.path,
-                                      os.strerror(e.errno))))
-            return
-        self.add_class(cfile.name, [w for row in rows for w in row])
+        self.rules.add_class(name, words)
 
     def error(self, code):
         """Sendmail's ExitStat: the first error's code sticks (a temporary failure
@@ -191,10 +71,10 @@ class AddrTest:
             self.status = code
 
     def tokens(self, text, comments):
-        return prescan(text, self.operator_chars, comments=comments)
+        return self.rules.tokens(text, comments)
 
     def detok(self, toks):
-        return detokenize(toks, self.spacesub, self.operator_chars)
+        return self.rules.detok(toks)
 
     def usrerr(self, addr, msg):
         """An error about an address: "ADDR... text" (the SMTP code dropped)."""
@@ -243,7 +123,7 @@ class AddrTest:
             if name and kind == "D":
                 self.macros[name] = value
             elif name:
-                self.add_class(name, [self.expand(value)])
+                self.add_class(name, [self.rules.expand(value)])
         elif not kind:
             self.write("Usage: .[DC]macro value(s)\n")
         elif kind not in ("D", "C"):
@@ -260,7 +140,7 @@ class AddrTest:
             if number is None or not 0 <= number < 200:
                 self.write("Undefined ruleset %s\n" % name)
                 return
-            for lhs, rhs in (self.engine._compile(number) if number in self.cf.rulesets
+            for lhs, rhs in (self.engine.rules(number) if number in self.cf.rulesets
                              else ()):
                 self.write("R" + "".join(t + " " for t in lhs) + "\t\t"
                            + "".join(t + " " for t in rhs) + "\n")
@@ -336,18 +216,8 @@ class AddrTest:
         found = "no match" if value is None else "returns " + value
         self.write("map_lookup: %s (%s) %s (%d)\n" % (name, key, found, st))
 
-    @staticmethod
-    def mailer_rw(mailer, sender, header):
-        """The mailer's S= or R= ruleset for that kind of address ("0": none), or None."""
-        parts = ((mailer.sender_rw if sender else mailer.recipient_rw) or "").split("/")
-        return (parts[1] if header and len(parts) > 1 else parts[0]).strip() or None
-
     def rewrite(self, ruleset, toks):
-        """engine.rewrite(); its errors are syserrs; an infinite loop's status is OK."""
-        toks, st = self.engine.rewrite(ruleset, toks)
-        if self.engine.messages:
-            self.error(EX_SYSERR)
-        return toks, (0 if st == 70 else st)
+        return self.rules.rewrite(ruleset, toks)
 
     def cmd_try(self, mailer_name, addr):
         """remotename(): 3, 1 or 2, the mailer's, 4, in crackaddr's template; Rcode 0/75."""
@@ -357,16 +227,9 @@ class AddrTest:
             return
         self.write("Trying %s %s address %s for mailer %s\n"
                    % (self.flags_text() + (addr, mailer_name)))
-        rs, rcode, toks = self.mailer_rw(mailer, self.sender, self.header), 0, None
-        if rs is not None:
-            fancy = crackaddr(addr, self.options.get("MustQuoteChars", ".'"), self.colon_ok)
-            toks = self.tokens(addr, True).tokens
-        for number in (3, 1 if self.sender else 2, rs, 4) if toks is not None else ():
-            if number == "0":
-                continue
-            toks, st = self.rewrite(number, toks)
-            rcode = EX_TEMPFAIL if st == EX_TEMPFAIL else rcode
-        result = addr if toks is None else fancy.replace("$g", self.detok(toks))
+        rcode, result = 0, addr
+        if Rules.mailer_rw(mailer, self.sender, self.header) is not None:
+            result, rcode = self.rules.remotename(addr, mailer, self.sender, self.header)
         self.write("Rcode = %d, addr = %s\n" % (rcode, result))
 
     def cmd_rulesets(self, p):
@@ -376,7 +239,8 @@ class AddrTest:
             return
         names, rest = parts[0].split(","), parts[1]
         while True:
-            scan = prescan(rest, self.operator_chars, comments=self.level < 9, delim=",")
+            scan = prescan(rest, self.rules.operator_chars, comments=self.rules.level < 9,
+                           delim=",")
             for msg in scan.errors:
                 self.usrerr(rest, msg)
             for k, name in enumerate(names if scan.tokens is not None else ()):
@@ -394,69 +258,26 @@ class AddrTest:
 
     # ---- /parse
     def cmd_parse(self, addr):
-        """parseaddr() and buildaddr(): rulesets 3 and 0, the user part through 2, the
-        mailer's envelope R= and 4; prog, *file*, *include* as the mailer's F=| F=/ F=: ask."""
-        self.write("Cracked address = %s\n" % crackaddr(
-            addr, self.options.get("MustQuoteChars", ".'"), self.colon_ok))
+        """parseaddr() and buildaddr() (config/rules.py), with their trace and reports."""
+        r = self.rules
+        self.write("Cracked address = %s\n" % crackaddr(addr, r.must_quote, r.colon_ok))
         self.write("Parsing %s %s address\n" % self.flags_text())
-        scan = self.tokens(addr, True)
-        for msg in scan.errors:
-            self.usrerr(addr, msg)
-        if not scan.tokens:
+        p = r.parse(addr, self.sender, self.header, usrerr=lambda m: self.usrerr(addr, m))
+        if p.kind == "unparsable":
             self.write("Cannot parse\n")
             return
-        toks = self.rewrite(0, self.rewrite(3, scan.tokens)[0])[0]
-        parts = resolve(toks, self.spacesub, self.operator_chars)
-        mailer = parts and self.cf.mailers.get(parts[0])
-        if parts is None or (mailer is None and parts[0] != "error"):
-            self.write("buildaddr: %s\n" % ("no mailer in parsed address" if parts is None
-                                            else "unknown mailer " + parts[0]))
+        if p.kind == "syserr":
+            self.write(p.problem + "\n")
             self.error(EX_SYSERR)
             self.write("mailer *error*, user \n")
             return
-        mailer_name, host, user = parts
-        k = next((k for k, t in enumerate(toks) if t == "$:" and type(t) is not str), -1)
-        user_toks = list(toks[k + 1:]) if k >= 0 else []
-        if mailer_name == "error":
-            self.usrerr(addr, user.replace('"', ""))
-            self.error(self.dsn_status(host))
-            self.write("mailer *error*%s, user %s\n" % (", host " + host if host else "", user))
+        hostpart = ", host " + p.host if p.host else ""
+        if p.kind == "error":
+            self.usrerr(addr, p.user.replace('"', ""))
+            self.error(p.exit)
+            self.write("mailer *error*%s, user %s\n" % (hostpart, p.user))
             return
-        flags = mailer.flags
-        if "@" in flags and user_toks[:1] == ["@"]:
-            user_toks = user_toks[1:]
-        ubuf = detokenize(user_toks, "", self.operator_chars)
-        first = ubuf[1:2] if ubuf[:1] == '"' else ubuf[:1]
-        if first == ":" and ":" in flags and ubuf.replace('"', "")[:9].lower() == ":include:":
-            hostpart = ", host " + host if host else ""     # no further rewriting
-            self.write("mailer *include*%s, user %s\n" % (hostpart, ubuf.replace('"', "")[9:]))
-            return
-        special = {"|": "prog", "/": "*file*"}.get(first) if first and first in flags else None
-        if special is not None:
-            mailer_name, mailer = special, self.cf.mailers.get(special)
-            flags = mailer.flags if mailer is not None else BUILTIN_FLAGS[special]
-        # V10 cfs (and envelope recipients) get 2, the mailer's envelope R=, 4; others 4
-        t = user_toks
-        if self.level >= 10 or not (self.sender or self.header):
-            rs = self.mailer_rw(mailer, False, False) if mailer is not None else None
-            t = self.rewrite(2, t)[0]
-            t = self.rewrite(rs, t)[0] if rs not in (None, "0") else t
-        user = self.detok(self.rewrite(4, t)[0])
-        if "u" not in flags:
-            user = user.lower()
-        if host and "h" not in flags:
-            host = host.lower()
-        hostpart = ", host " + host if host else ""
-        self.write("mailer %s%s, user %s\n" % (mailer_name, hostpart, user))
-
-    @staticmethod
-    def dsn_status(host):
-        """Sendmail's dsntoexitstat() for the $@ of the error mailer (5.1.x: addressing)."""
-        parts = (host or "").split(".") + ["", ""]
-        if parts[0] == "4":
-            return EX_TEMPFAIL
-        return {"1": 67, "2": 68, "3": 68}.get(parts[2] if parts[:2] == ["5", "1"] else "",
-                                               EX_UNAVAILABLE)
+        self.write("mailer %s%s, user %s\n" % (p.mailer, hostpart, p.user))
 
 
 def run(cf, options, infile, out, warn=None, hostname=None):

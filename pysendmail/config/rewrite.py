@@ -33,6 +33,7 @@ Interface (the cf parser and ``-bt`` build on it):
   engine.rules(ruleset) -> [(lhs tokens, rhs tokens)] as compiled (for =S).
   engine.add_to_class(name, word): the -bt .C command (classes are cached
       folded; macros are read live by $&x, but $x was expanded at compile).
+  engine.class_changed(name): forget the folded copy after changing classes[name].
   resolve(tokens) -> (mailer, host, user) | None for a "$#" result; host is
       None without $@; user is the detokenized $: part.
 
@@ -241,6 +242,10 @@ class Engine:
         """Add a word to a class (the -bt .C command)."""
         self.classes.setdefault(name, set()).add(word)
         self._members(name).add(fold(word))
+
+    def class_changed(self, name):
+        """Forget the folded copy of class *name*, whose members the caller changed."""
+        self._folded.pop(name, None)
 
     def ruleset_number(self, ruleset):
         """A ruleset number from a number, a digit string or a name; None."""
