@@ -24,6 +24,7 @@ from pysendmail import layout as layout_mod
 from pysendmail.cli import newaliases
 from pysendmail.config import aliases
 from pysendmail.delivery import expand as ex
+from pysendmail.delivery.router import RouteContext
 
 REFERENCE = """\
 # /etc/mail/aliases -- reconstructed from the reference capture
@@ -56,7 +57,7 @@ def make_ctx(tmp_path, text, **options):
     aliases.rebuild(path)
     opts = {"AliasFile": path}
     opts.update(options)
-    return ex.Context(layout_mod.for_root(str(tmp_path)), opts, ["mail.example.com"])
+    return RouteContext(layout_mod.for_root(str(tmp_path)), opts, local_names=["mail.example.com"])
 
 
 def by_mailer(targets):
@@ -259,8 +260,8 @@ def test_reference_expansions(tmp_path):
     team = ex.expand("team", ctx)
     assert [(t.address, t.mailer, t.user, t.parent) for t in team] == [
         ("root", "local", "root", "team"),
-        ("carol@example.org", "remote", "carol@example.org", "team"),
-        ("bob@example.net", "remote", "bob@example.net", "team"),
+        ("carol@example.org", "esmtp", "carol@example.org", "team"),
+        ("bob@example.net", "esmtp", "bob@example.net", "team"),
     ]
     assert all(t.errors_to == "owner-team" for t in team)
     assert ex.owner_of("team", ctx) == "owner-team"
@@ -275,7 +276,7 @@ def test_reference_expansions(tmp_path):
     (m,) = ex.expand("mailer-daemon", ctx)
     assert (m.mailer, m.user, m.parent) == ("local", "root", "mailer-daemon>postmaster")
     (r,) = ex.expand("user@example.com", ctx)
-    assert (r.mailer, r.user) == ("remote", "user@example.com")
+    assert (r.mailer, r.user) == ("esmtp", "user@example.com")
 
 
 def test_unknown_user_and_postmaster_default(tmp_path):
@@ -287,7 +288,7 @@ def test_unknown_user_and_postmaster_default(tmp_path):
     assert (p.mailer, p.user) == ("local", "root")
     ctx2 = make_ctx(tmp_path, "postmaster: carol@example.org\n")
     (p2,) = ex.expand("postmaster", ctx2)
-    assert (p2.mailer, p2.user, p2.parent) == ("remote", "carol@example.org", "postmaster")
+    assert (p2.mailer, p2.user, p2.parent) == ("esmtp", "carol@example.org", "postmaster")
 
 
 def test_recursion_depth_limit_and_loops(tmp_path):
@@ -315,21 +316,21 @@ def test_self_reference_goes_to_mailbox_and_duplicates_are_dropped(tmp_path):
                              "all: team, root, carol@EXAMPLE.org, Carol@example.org\n"
                              "team: root, carol@example.org\n")
     t = ex.expand("root", ctx)
-    assert by_mailer(t) == [("local", "root"), ("remote", "carol@example.org")]
+    assert by_mailer(t) == [("local", "root"), ("esmtp", "carol@example.org")]
     # Sendmail's sameaddr(): the domain is compared without case, the local part with.
     assert by_mailer(ex.expand("all", ctx)) == [("local", "root"),
-                                               ("remote", "Carol@example.org"),
-                                               ("remote", "carol@example.org")]
+                                               ("esmtp", "Carol@example.org"),
+                                               ("esmtp", "carol@example.org")]
 
 
 def test_plussed_users(tmp_path):
     ctx = make_ctx(tmp_path, "carol+lists: list-archive@example.org\n"
                              "dave+*: dave@example.net\n"
                              "erin: erin@example.net\n")
-    assert by_mailer(ex.expand("carol+lists", ctx)) == [("remote", "list-archive@example.org")]
+    assert by_mailer(ex.expand("carol+lists", ctx)) == [("esmtp", "list-archive@example.org")]
     assert by_mailer(ex.expand("dave+foo@mail.example.com", ctx)) == [
-        ("remote", "dave@example.net")]
-    assert by_mailer(ex.expand("erin+foo", ctx)) == [("remote", "erin@example.net")]
+        ("esmtp", "dave@example.net")]
+    assert by_mailer(ex.expand("erin+foo", ctx)) == [("esmtp", "erin@example.net")]
     (r,) = ex.expand("root+detail", ctx)
     assert (r.mailer, r.user, r.detail, r.address) == ("local", "root", "detail",
                                                        "root+detail")
@@ -342,7 +343,7 @@ def test_backslash_and_direct_programs(tmp_path):
     (b,) = ex.expand("\\root", ctx)
     assert (b.mailer, b.user) == ("local", "root")
     assert by_mailer(ex.expand("both", ctx)) == [("local", "root"),
-                                                ("remote", "carol@example.org")]
+                                                ("esmtp", "carol@example.org")]
     for addr, word in (("|/bin/cat", "programs"), ("/tmp/x", "files"),
                        (":include:/etc/passwd", ":include:s")):
         (e,) = ex.expand(addr, ctx)
@@ -373,7 +374,7 @@ def test_include_safety(tmp_path):
     write(inc_dir / "self", "self, carol@example.org\n")
     t = ex.expand("good", ctx)
     assert by_mailer(t) == [("local", "root"), ("prog", "/bin/cat"),
-                            ("remote", "carol@example.org")]
+                            ("esmtp", "carol@example.org")]
     # root-owned include: default identity for its programs
     assert [x.owner for x in t if x.mailer == "prog"] == [""]
     (e,) = ex.expand("gw", ctx)
@@ -385,7 +386,7 @@ def test_include_safety(tmp_path):
     assert e.diag.endswith("No such file or directory")
     # an include naming its own alias: not a user, so the loop is broken with an error
     s = ex.expand("self", ctx)
-    assert ("remote", "carol@example.org") in by_mailer(s)
+    assert ("esmtp", "carol@example.org") in by_mailer(s)
     assert any(x.mailer == "error" and x.status == "5.4.6" for x in s)
     # a group-writable directory makes every file in it unsafe
     os.chmod(inc_dir, 0o775)
@@ -453,18 +454,18 @@ def test_forward_good_and_unsafe(tmp_path, fwd_user):
                     f"{pw.pw_dir}/mbox\n")
     t = ex.expand(USER, ctx)
     assert by_mailer(t) == [("file", f"{pw.pw_dir}/mbox"), ("local", USER),
-                            ("prog", "/bin/cat -n"), ("remote", "carol@example.org")]
+                            ("prog", "/bin/cat -n"), ("esmtp", "carol@example.org")]
     assert {x.owner for x in t if x.mailer in ("prog", "file")} == {USER}
-    assert [x.parent for x in t if x.mailer == "remote"] == [USER]
+    assert [x.parent for x in t if x.mailer == "esmtp"] == [USER]
     # reached through an alias: the chain says so
     t = ex.expand("list", ctx)
-    assert ("remote", "carol@example.org") in by_mailer(t)
-    assert [x.parent for x in t if x.mailer == "remote"] == [f"list>{USER}"]
+    assert ("esmtp", "carol@example.org") in by_mailer(t)
+    assert [x.parent for x in t if x.mailer == "esmtp"] == [f"list>{USER}"]
 
     # A .forward naming the user without a backslash: self reference, mailbox.
     put_forward(pw, f"{USER}, carol@example.org\n")
     assert by_mailer(ex.expand(USER, ctx)) == [("local", USER),
-                                              ("remote", "carol@example.org")]
+                                              ("esmtp", "carol@example.org")]
 
     def ignored():
         ctx.messages.clear()
@@ -492,7 +493,7 @@ def test_forward_good_and_unsafe(tmp_path, fwd_user):
     os.chmod(pw.pw_dir, 0o755)
     # owned by root is accepted; empty .forward means the mailbox
     put_forward(pw, "carol@example.org\n", uid=0)
-    assert by_mailer(ex.expand(USER, ctx)) == [("remote", "carol@example.org")]
+    assert by_mailer(ex.expand(USER, ctx)) == [("esmtp", "carol@example.org")]
     put_forward(pw, "# nothing\n")
     assert by_mailer(ex.expand(USER, ctx)) == [("local", USER)]
     # ForwardPath with $z and $u, and the option turning it off
@@ -500,7 +501,7 @@ def test_forward_good_and_unsafe(tmp_path, fwd_user):
     ctx.options["ForwardPath"] = "$z/.forward.$u:$z/.forward"
     write(os.path.join(pw.pw_dir, f".forward.{USER}"), "bob@example.net\n")
     os.chown(os.path.join(pw.pw_dir, f".forward.{USER}"), pw.pw_uid, pw.pw_gid)
-    assert by_mailer(ex.expand(USER, ctx)) == [("remote", "bob@example.net")]
+    assert by_mailer(ex.expand(USER, ctx)) == [("esmtp", "bob@example.net")]
     ctx.options["ForwardPath"] = ""
     assert by_mailer(ex.expand(USER, ctx)) == [("local", USER)]
 
@@ -530,7 +531,7 @@ def test_include_owner_rules(tmp_path, fwd_user):
                    capture_output=True, timeout=30)
     put_forward(pw, '"|/bin/cat", carol@example.org\n')
     t = ex.expand(USER, ctx)
-    assert by_mailer(t) == [("error", '"|/bin/cat"'), ("remote", "carol@example.org")]
+    assert by_mailer(t) == [("error", '"|/bin/cat"'), ("esmtp", "carol@example.org")]
     (e,) = [x for x in t if x.mailer == "error"]
     assert (e.status, e.diag) == (
         "5.7.1", f"550 5.7.1 User {USER} doesn't have a valid shell for mailing to programs")
@@ -566,6 +567,6 @@ def test_several_alias_files(tmp_path):
                                 f"{local}: 2 aliases, longest 6 bytes, 18 bytes total"]
     assert aliases.lookup(None, "b", None, opts) == ["second"]
     assert aliases.lookup(None, "shared", None, opts) == ["main"]
-    ctx = ex.Context(layout_mod.for_root(str(tmp_path)), opts)
+    ctx = RouteContext(layout_mod.for_root(str(tmp_path)), opts)
     (t,) = ex.expand("b", ctx)
     assert (t.mailer, t.address) == ("error", "second")

@@ -73,8 +73,10 @@ def _setup(inv, layout):
     from ..errors import MTAError
     from ..log import Logger
     log = Logger(tag=inv.log_tag or "sendmail", log_file=layout.log_file)
+    if inv.cf:
+        layout.cf = inv.cf
     try:
-        cf = optmod.read_quick(inv.cf or layout.cf)
+        cf = optmod.read_quick(layout.cf)
         for name in inv.options:
             optmod.check_name(name)
     except MTAError as e:
@@ -123,7 +125,11 @@ def _run(inv, layout):
         _out("Host status directory not configured")
         return EX_UNAVAILABLE
     if mode == "C":
-        _out("%s: configuration ok" % (inv.cf or layout.cf))
+        from ..delivery.router import load_rules
+        rules = load_rules(layout, options, ident.j)
+        for _line, text in rules.complaints:
+            _out(text)
+        _out("%s: configuration ok" % layout.cf)
         return EX_OK
     from ..submission.submit import Submission
     return Submission(inv, layout, options, ident, log).run()

@@ -22,6 +22,7 @@ class CliBackend(SessionBackend):
         self.ident = ident
         self.log = log
         self.hostname = ident.j
+        self._ctx = None
         try:
             self.max_message_size = int(options.get("MaxMessageSize") or 0)
         except ValueError:
@@ -29,8 +30,10 @@ class CliBackend(SessionBackend):
 
     def _route(self, addr):
         from ..delivery.router import RouteContext, resolve
-        return resolve(addr, RouteContext(self.layout, self.options, self.ident,
-                                          no_alias=self.inv.no_alias))
+        if self._ctx is None:
+            self._ctx = RouteContext(self.layout, self.options, self.ident,
+                                     no_alias=self.inv.no_alias)
+        return resolve(addr, self._ctx)
 
     def check_sender(self, addr, params):
         if addr in ("", "<>"):

@@ -7,7 +7,7 @@ import os
 
 from .. import addr as addrmod
 from ..errors import EX_NOUSER, EX_OK, EX_USAGE, AddressError
-from ..delivery.router import MAILER_NAMES, RouteContext, host_of, resolve
+from ..delivery.router import RouteContext, display_mailer, resolve
 
 
 def _out(text):
@@ -21,15 +21,16 @@ def _qid():
     return make_qid(time.time(), os.getpid(), int.from_bytes(os.urandom(2), "big") % 3600)
 
 
-def describe(t, ctx):
-    mailer = MAILER_NAMES.get(t.mailer, t.mailer)
+def describe(t):
+    """Sendmail's "deliverable" line: the mailer, host and user ruleset 0 chose."""
+    mailer = display_mailer(t.mailer)
     if t.mailer == "prog":
         return '"|%s"... deliverable: mailer prog, user |%s' % (t.user, t.user)
     if t.mailer == "file":
         return "%s... deliverable: mailer *file*, user %s" % (t.user, t.user)
-    if t.mailer in ("esmtp", "remote", "relay"):
+    if t.host:
         return "%s... deliverable: mailer %s, host %s, user %s" % (
-            t.address, mailer, host_of(t, ctx), t.user)
+            t.address, mailer, t.host, t.user)
     return "%s... deliverable: mailer %s, user %s" % (t.address, mailer, t.user)
 
 
@@ -63,9 +64,9 @@ def main(inv, layout, options, ident, log):
                 reason = (t.diag or "550 5.1.1 User unknown").split(" ", 2)[-1]
                 tell("%s... %s" % (t.address or text, reason))
                 status = EX_NOUSER
-            elif (t.mailer, t.user) not in seen:
-                seen.add((t.mailer, t.user))
+            elif t.key() not in seen:
+                seen.add(t.key())
                 good.append(t)
     for t in good:
-        _out(describe(t, ctx))
+        _out(describe(t))
     return status

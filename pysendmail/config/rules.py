@@ -72,6 +72,50 @@ def make_canonify(hosts_file):
     return canonify
 
 
+def interface_addresses():
+    """The host's own addresses, as Sendmail's load_if_names() adds them to $=w:
+    ["[127.0.0.1]", "[IPv6:::1]", ...] from /proc (Linux); [] where that is absent."""
+    out = []
+    try:
+        with open("/proc/net/fib_trie", "rb") as f:
+            lines = f.read().decode("ascii", "replace").splitlines()
+        for prev, line in zip(lines, lines[1:]):
+            if line.strip() == "/32 host LOCAL":
+                a = "[%s]" % prev.split("-- ")[-1].strip()
+                if a not in out:
+                    out.append(a)
+    except OSError:
+        pass
+    try:
+        with open("/proc/net/if_inet6", "rb") as f:
+            for line in f.read().decode("ascii", "replace").splitlines():
+                word = line.split()[0] if line.split() else ""
+                if len(word) == 32 and not word.startswith("fe80"):
+                    a = "[IPv6:%s]" % ipv6_text(word)
+                    if a not in out:
+                        out.append(a)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def ipv6_text(hex32):
+    """RFC 5952 text of an IPv6 address given as 32 hex digits (the longest run of two
+    or more zero groups, the first of equals, becomes "::")."""
+    groups = ["%x" % int(hex32[i:i + 4], 16) for i in range(0, 32, 4)]
+    best, at, run = 1, -1, 0
+    for i, g in enumerate(groups + ["x"]):
+        if g == "0":
+            run += 1
+        else:
+            if run > best:
+                best, at = run, i - run
+            run = 0
+    if at < 0:
+        return ":".join(groups)
+    return ":".join(groups[:at]) + "::" + ":".join(groups[at + best:])
+
+
 def config_warnings(cf):
     """readcf's complaints about option values: [(line, text)] (a TrustedUser unknown)."""
     import pwd
@@ -147,7 +191,6 @@ class Rules:
     (line, text) of readcf's problems (class files that cannot be read, options)."""
 
     def __init__(self, cf, options=None, hostname=None, trace=None):
-        import re
         from . import maps as maps_mod
         self.cf = cf
         self.options = opts = dict(cf.options)
@@ -173,6 +216,8 @@ class Rules:
         self.classes = {}
         self.engine = None
         self.add_class("w", [fq, fq.split(".", 1)[0]] + aliases + ["[%s]" % a for a in addrs])
+        if opts.get("DontProbeInterfaces", "").lower() not in ("true", "t", "yes", "y"):
+            self.add_class("w", interface_addresses())
         for name, words in cf.classes.items():
             self.add_class(name, [self.expand(w) for w in words])
         self.complaints = []
@@ -197,7 +242,9 @@ class Rules:
         self.engine = Engine(rulesets, self.classes, self.macros, self.maps,
                              dict(cf.ruleset_names), canonify=self.canonify, trace=trace,
                              operator_chars=self.operator_chars, spacesub=self.spacesub)
-        self.level = int(re.match(r"\d*", cf.version or "").group() or 0)   # ConfigLevel
+        version = cf.version or ""
+        digits = len(version) - len(version.lstrip("0123456789"))
+        self.level = int(version[:digits] or 0)                            # ConfigLevel
         self.colon_ok = opts.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
         self.must_quote = opts.get("MustQuoteChars", ".'")
         self.on_syserr = lambda: None       # called when a rewrite reports an error
@@ -205,10 +252,24 @@ class Rules:
     # ---- the environment
     def expand(self, value, depth=0):
         """$x and ${name} in value replaced by their values (as readcf does for C lines)."""
-        import re
-        return value if depth >= 10 else re.sub(
-            r"\$(?:\{([^}]*)\}?|(.))", lambda m: self.expand(
-                self.macros.get(m.group(1) or m.group(2), ""), depth + 1), value)
+        if depth >= 10 or "$" not in value:
+            return value
+        out, i, n = [], 0, len(value)
+        while i < n:
+            c = value[i]
+            if c != "$" or i + 1 >= n:
+                out.append(c)
+                i += 1
+                continue
+            if value[i + 1] == "{":
+                end = value.find("}", i + 2)
+                name = value[i + 2:end] if end >= 0 else value[i + 2:]
+                i = end + 1 if end >= 0 else n
+            else:
+                name = value[i + 1]
+                i += 2
+            out.append(self.expand(self.macros.get(name, ""), depth + 1))
+        return "".join(out)
 
     def add_class(self, name, words):
         """Add words to a class, keeping the order they came in ($=X lists by hash)."""

@@ -3,7 +3,8 @@
 `expand(addr, ctx)` turns one envelope recipient into the list of `Target`s it is
 delivered to, following Sendmail 8.17's alias()/forward()/include() rules:
 
-* a bare name or the local part of ``user@LOCALDOMAIN`` is looked up in the aliases
+* every address is routed by the cf's rulesets 3 and 0 (ctx.route); what the local
+  mailer gets is a name, looked up in the aliases
   (case-insensitive; ``user+detail`` tries ``user+detail``, ``user+*``, then ``user``);
   values are expanded recursively, each alias, :include: or .forward level counting one
   towards MaxAliasRecursion (default 10): deeper gives the error target
@@ -27,7 +28,9 @@ delivered to, following Sendmail 8.17's alias()/forward()/include() rules:
 * ``error:CODE text`` gives an error target (``error:5.1.1:550 User unknown``,
   ``error:nouser No such user``);
 * ``postmaster`` with no alias goes to root; an unknown name gives the error target
-  ``550 5.1.1 User unknown``; a non-local domain a "remote" target;
+  ``550 5.1.1 User unknown``; an address ruleset 0 gives another mailer (esmtp,
+  relay, discard) a target of that mailer and host, and one it refuses ($#error) an
+  error target with its reply;
 * each final target is delivered once (duplicates, by mailer and user, are dropped).
 
 Security: reading .forward and :include: files checks ownership and modes with lstat/
@@ -49,7 +52,8 @@ _EXIT_NAMES = {
 
 
 class Target:
-    """One final destination. `mailer` is local, prog, file, error or remote; `user`
+    """One final destination. `mailer` is local, prog, file, error, discard or the cf's
+    name of a remote mailer (esmtp, relay, ...) with `host` its destination; `user`
     the login (local), command without '|' (prog), path (file) or address (remote);
     `owner` the login a prog/file delivery runs as ("" for the default); `parent` the
     alias chain from the outermost name, joined by '>' ("" if none); `errors_to` the
@@ -57,10 +61,10 @@ class Target:
     +detail of a plussed local user."""
 
     __slots__ = ("address", "mailer", "user", "owner", "parent", "status", "diag",
-                 "errors_to", "detail")
+                 "errors_to", "detail", "host")
 
     def __init__(self, address, mailer, user, owner="", parent="", status="", diag="",
-                 errors_to="", detail=""):
+                 errors_to="", detail="", host=""):
         self.address = address
         self.mailer = mailer
         self.user = user
@@ -70,11 +74,11 @@ class Target:
         self.diag = diag
         self.errors_to = errors_to
         self.detail = detail
+        self.host = host
 
     def key(self):
-        if self.mailer == "remote":
-            local, _, dom = self.user.rpartition("@")
-            return ("remote", local, dom.lower())
+        if self.mailer not in ("local", "prog", "file", "error", "discard"):
+            return (self.mailer, self.host.lower(), self.user)
         if self.mailer == "error":
             return ("error", self.address.lower())
         if self.mailer == "local":
@@ -93,26 +97,6 @@ class Target:
         extra = f", status={self.status!r}, diag={self.diag!r}" if self.mailer == "error" else ""
         return (f"Target({self.address!r}, mailer={self.mailer!r}, user={self.user!r}, "
                 f"owner={self.owner!r}, parent={self.parent!r}{extra})")
-
-
-class Context:
-    """A ready-made ctx: `local_domains` (plus localhost) are local."""
-
-    def __init__(self, layout, options=None, local_domains=(), log=None):
-        self.layout = layout
-        self.options = dict(options or {})
-        self.local_domains = {d.lower().rstrip(".") for d in local_domains}
-        self.local_domains.add("localhost")
-        self.messages = []
-        self._log = log
-
-    def is_local(self, domain):
-        return domain.lower().rstrip(".") in self.local_domains
-
-    def log(self, msg):
-        self.messages.append(msg)
-        if self._log:
-            self._log(msg)
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -402,13 +386,19 @@ class _Expander:
         if route.startswith("\\"):
             noalias = True
             route = route[1:]
-        local, domain = _split_at(route)
-        if domain is not None:
-            dom = domain.strip().rstrip(".")
-            if not self.ctx.is_local(dom):
-                return self.add(Target(route, "remote", route, parent=parent,
-                                       errors_to=errors_to))
-        self.local(local, route, depth, chain, owner, errors_to, noalias)
+        p = self.ctx.route(route)
+        if p.kind != "ok":
+            return self.add(parsed_error(route, p, parent, errors_to))
+        if p.mailer == "local":
+            return self.local(p.user, route, depth, chain, owner, errors_to, noalias)
+        if p.mailer in ("prog", "*file*", "*include*"):
+            spec = (":include:" if p.mailer == "*include*" else "") + p.user
+            if spec != item:
+                return self.entry(spec, depth, chain, owner, errors_to, direct)
+            return self.add(Target(item, "error", item, status="5.3.5",
+                                   diag="554 5.3.5 Cannot route %s" % item))
+        return self.add(Target(route, p.mailer, p.user, parent=parent, errors_to=errors_to,
+                               host=p.host or ""))
 
     def shell_ok(self, owner, item, kind, parent, errors_to):
         if not owner:
@@ -559,8 +549,17 @@ class _Expander:
             self.entry(entry, depth + 1, chain + [ikey], inc_owner, errors_to)
 
 
-def expand(addr, ctx):
-    """Expand one recipient address into its final delivery targets (see module doc)."""
+def parsed_error(address, p, parent="", errors_to=""):
+    """The error Target of an address ruleset 0 refused (config.rules.Parsed)."""
+    return Target(address, "error", address, parent=parent, status=p.status,
+                  diag=p.reply, errors_to=errors_to)
+
+
+def expand(addr, ctx, noalias=False):
+    """Expand one recipient address into its final delivery targets (see module doc).
+    ctx is a router.RouteContext (route(), log(), layout, options)."""
     ex = _Expander(ctx)
+    if noalias and not addr.startswith("\\"):
+        addr = "\\" + addr
     ex.entry(addr, 0, [], "", "", direct=True)
     return ex.targets

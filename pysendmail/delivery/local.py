@@ -7,7 +7,7 @@ when MailboxFormat=maildir, path from MaildirPath: %h home, %u user, %m mail_dir
 "prog" -> "|command" (prog.py); "file" -> "/path" (prog.py).
 
 The message is "Return-Path: <SENDER>" + the queued header block + blank line + the
-body, streamed from the df file in 64 KB pieces (bounded memory for any size); mbox
+body (sender and header addresses as the cf's mailer writes them: mailer_view.py), streamed from the df file in 64 KB pieces (bounded memory for any size); mbox
 adds the From_ line, >From quoting and the final blank line (mbox.py).
 
 Security stance. Running as root (system instance), mailbox work is done by a fork()ed
@@ -54,10 +54,13 @@ CHUNK = 65536
 class MessageSource:
     """The message of one delivery, generated again on each call of chunks()."""
 
-    def __init__(self, env, df_path):
-        self.sender = env.sender
-        self.return_path = b"Return-Path: <" + _clean(env.sender).encode("utf-8", "surrogateescape") + b">\n"
-        self.headers = env.header_block()
+    def __init__(self, env, df_path, view=None):
+        """view: a mailer_view.MailerView writing the sender and header addresses as the
+        cf's mailer does (None: as queued)."""
+        self.sender = view.sender(env.sender) if view is not None else env.sender
+        self.return_path = b"Return-Path: <" + _clean(self.sender).encode("utf-8", "surrogateescape") + b">\n"
+        headers = view.headers(env.headers) if view is not None else env.headers
+        self.headers = b"".join(h + b"\n" for h in headers)
         # Opened here, by the parent: a child that dropped to the user cannot open
         # the root-only queue directory, but reads the inherited descriptor.
         self.fd = os.open(df_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -301,19 +304,20 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
     return work(jrnl)
 
 
-def deliver(env, rcpt_index, spool, layout, options):
-    """Deliver message `env` to env.recipients[rcpt_index] (mailer local, prog or file)."""
+def deliver(env, rcpt_index, spool, layout, options, view=None):
+    """Deliver message `env` to env.recipients[rcpt_index] (mailer local, prog or file);
+    `view` (mailer_view.MailerView) writes its addresses as the cf's mailer does."""
     options = options or {}
     rcpt = env.recipients[rcpt_index]
     try:
-        source = MessageSource(env, spool.df(env.qid))
+        source = MessageSource(env, spool.df(env.qid), view)
     except OSError as e:
         return DeliveryStatus("4.3.0", "cannot open queued body: %s" % e.strerror)
     try:
         if rcpt.mailer == "local":
             status = _deliver_mailbox(env, rcpt_index, rcpt, spool, layout, options, source)
         elif rcpt.mailer == "prog":
-            status = prog.deliver_prog(rcpt.user, _ProgSource(source), env.sender,
+            status = prog.deliver_prog(rcpt.user, _ProgSource(source), source.sender,
                                        rcpt.owner, options)
         elif rcpt.mailer == "file":
             jrnl = journal_mod.Journal(spool.path, env.qid, rcpt_index)

@@ -1,85 +1,139 @@
-"""The router: decides, for one recipient address, which mailer delivers it where.
+"""The router: which mailer delivers an address where, as the cf's ruleset 0 decides.
 
-One function, `resolve`, so that the sendmail.cf engine's ruleset 0 can take its
-place without touching its callers. Today it does what a stock Sendmail cf does for
-a host without a smart host: addresses in a local domain ($=w) go through aliases
-and ~/.forward (delivery.expand) to the local, prog or file mailers; every other
-domain goes to the SMTP mailer (esmtp), whose agent picks it up from the queue.
+`resolve(text, ctx)` turns one recipient into its final delivery targets.  The address
+goes through rulesets 3 and 0 of the cf (config/rules.py: Sendmail's parseaddr() and
+buildaddr()) to a (mailer, host, user) triple.  Users of the local mailer then go
+through aliases, :include: files and ~/.forward (delivery/expand.py), whose addresses
+are routed the same way again, as Sendmail's recipient() does.  The mailers:
+
+  local                  the local delivery agent (mbox or Maildir)
+  prog, *file*           from aliases and .forward ("|cmd", "/path"), chosen by the
+                         local mailer's F=| and F=/ flags; "file" in the queue
+  *include*              ":include:/path" (F=:), expanded here
+  error                  $#error $@ 5.1.1 $: "550 User unknown": fails with that reply
+  discard                $#discard: accepted and dropped
+  any other cf mailer    esmtp, smtp, relay, ...: queued with ruleset 0's host for the
+                         SMTP agent
+
+`RouteContext` loads the cf with config/cf.py's cache (in the instance's cache
+directory), so a submission does not pay for the parser, and routes each distinct
+address once.
 """
 from .. import addr as addrmod
 from ..errors import AddressError
 
-# Sendmail's names for our mailers, as -bv and logs print them.
-MAILER_NAMES = {"local": "local", "prog": "prog", "file": "*file*", "esmtp": "esmtp",
-                "relay": "relay", "error": "error", "remote": "esmtp"}
+# How -bv and the logs name our mailers.
+MAILER_NAMES = {"file": "*file*", "include": "*include*"}
+LOCAL_AGENT_MAILERS = ("local", "prog", "file")
 
 
 class RouteContext:
-    """What the router needs to know: paths, options, local host names, a log callback."""
+    """What the router needs: the instance's paths and options, the host identity, a
+    log callback; `local_names` are added to $=w; `rules` a ready config.rules.Rules
+    (else the cf at layout.cf is loaded on first use)."""
 
-    __slots__ = ("layout", "options", "ident", "log", "no_alias", "smart_host")
-
-    def __init__(self, layout, options, ident, log=None, no_alias=False):
+    def __init__(self, layout, options, ident=None, log=None, no_alias=False,
+                 local_names=(), rules=None):
         self.layout = layout
-        self.options = options
+        self.options = dict(options or {})
         self.ident = ident
-        self.log = log or (lambda msg: None)
+        self._log = log
         self.no_alias = no_alias
-        self.smart_host = getattr(ident, "smart_host", "")
+        self.messages = []
+        self._local_names = list(local_names)
+        self._rules = rules
+        self._routes = {}
+        self.hostname = ident.j if ident is not None else None
 
-    def is_local(self, domain):
-        return self.ident.is_local(domain)
+    def log(self, msg):
+        self.messages.append(msg)
+        if self._log:
+            self._log(msg)
+
+    @property
+    def rules(self):
+        if self._rules is None:
+            if self._local_names:       # a private copy: the shared one stays as loaded
+                from ..config import cf as cfmod
+                from ..config.rules import Rules
+                self._rules = Rules(cfmod.load(self.layout.cf), self.options, self.hostname)
+                self._rules.add_class("w", self._local_names)
+            else:
+                self._rules = load_rules(self.layout, self.options, self.hostname)
+        return self._rules
+
+    def route(self, address):
+        """The Parsed triple of one address (rulesets 3 and 0), memoised."""
+        p = self._routes.get(address)
+        if p is None:
+            p = self._routes[address] = self.rules.parse(address)
+        return p
 
 
-def host_of(target, ctx):
-    """The destination host of a remote target: the smart host for `relay`, else the
-    domain of its address."""
-    if target.mailer == "relay":
-        return ctx.smart_host
-    if target.mailer != "esmtp":
-        return ""
-    return addrmod.Address(target.user, target.user).domain.lower().rstrip(".")
+_LOADED = {}     # a long-running process (the service) keeps its Rules while nothing changed
 
 
-def _is_literal(address):
-    return addrmod.Address(address, address).domain.startswith("[")
+def _stamp(path):
+    import os
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _remote(target, ctx):
-    """A remote target goes to the smart host ($S, the cf's DS line) when there is one."""
-    if ctx.smart_host and not _is_literal(target.user):
-        target.mailer = "relay"        # a domain literal ([192.0.2.10]) goes there directly
-    else:
-        target.mailer = "esmtp"
-    return target
+def load_rules(layout, options, hostname=None):
+    """The Rules of the instance's cf (layout.cf): the compiled form comes from the cache
+    when the file is unchanged, and a process reuses its Rules until the cf or a class
+    file it reads changes.  A broken cf raises CfError (exit 78; 72 when missing)."""
+    from ..config import cf as cfmod
+    from ..config.rules import Rules
+    key = (layout.cf, hostname, tuple(sorted((options or {}).items())))
+    held = _LOADED.get(key)
+    if held is not None:
+        rules, stamps = held
+        if all(_stamp(path) == stamp for path, stamp in stamps):
+            return rules
+    stamp = _stamp(layout.cf)
+    cf = cfmod.load(layout.cf, cache_dir=getattr(layout, "cache_dir", None))
+    rules = Rules(cf, options, hostname)
+    stamps = [(layout.cf, stamp)] + [(c.path, _stamp(c.path)) for c in cf.class_files
+                                     if not c.path.startswith("|")]
+    _LOADED.clear()
+    _LOADED[key] = (rules, stamps)
+    return rules
+
+
+def host_of(target, ctx=None):
+    """The destination host ruleset 0 chose for a target ("" for local mailers)."""
+    return target.host or ""
+
+
+def display_mailer(name):
+    return MAILER_NAMES.get(name, name)
 
 
 def resolve(text, ctx):
-    """Resolve one address (str) to a list of expand.Target whose mailer is local, prog,
-    file, esmtp or error. Raises AddressError on bad syntax."""
-    from .expand import Target, expand
+    """Resolve one address (str) to a list of expand.Target.  Raises AddressError on
+    bad syntax or an empty address."""
+    from .expand import expand
     a = addrmod.parse(text)
     bare = a.bare
     if bare in ("", "<>"):
         raise AddressError(text, "User address required")
-    if not ctx.is_local(a.domain):
-        return [_remote(Target(address=bare, mailer="esmtp", user=bare), ctx)]
-    if ctx.no_alias:
-        if _local_user(a.local):
-            return [Target(address=a.local, mailer="local", user=a.local)]
-        return [Target(address=a.local, mailer="error", user=a.local, status="5.1.1",
-                       diag="550 5.1.1 User unknown")]
-    targets = expand(bare, ctx)
-    for t in targets:
-        if t.mailer == "remote":
-            _remote(t, ctx)
-    return targets
+    return expand(bare, ctx, noalias=ctx.no_alias)
 
 
-def _local_user(name):
-    import pwd
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
+def to_recipient(t, text, **fields):
+    """The queue's Recipient for a Target; *text* is the address as the caller gave it.
+    An error target is FAILED with its reply, or DEFERRED (to be routed again at the
+    next queue run) when the reply is a 4xx: a map that failed for now, $#error 4.x.x."""
+    from ..model import DEFERRED, FAILED, Recipient
+    r = Recipient(t.address if t.parent else text, t.user, mailer=t.mailer, host=t.host,
+                  user=t.user, parent=t.parent, owner=t.owner, **fields)
+    if t.mailer == "error":
+        r.status = t.status or "5.1.1"
+        r.diag = t.diag or "550 5.1.1 User unknown"
+        r.address = t.address or text
+        r.state = DEFERRED if r.status.startswith("4") else FAILED
+    return r

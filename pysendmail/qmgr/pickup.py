@@ -32,11 +32,21 @@ STALE_INCOMPLETE = 86400
 
 
 def pickup_all(layout, options, ident, log):
+    from ..delivery.router import load_rules
+    from ..errors import ConfigError
     drop = Maildrop(layout.maildrop)
     spool = Spool(layout.queue)
     spool.ensure()
     count = 0
-    for name in drop.names():
+    names = drop.names()
+    if not names:
+        return 0
+    try:
+        load_rules(layout, options, ident.j)    # a broken cf: the files wait in the maildrop
+    except ConfigError as e:
+        log.err("NOQUEUE", "pickup deferred: %s" % e.message)
+        return 0
+    for name in names:
         try:
             if pickup_one(layout, options, ident, log, drop, spool, name):
                 count += 1
@@ -102,7 +112,7 @@ def pickup_one(layout, options, ident, log, drop, spool, name):
 
 def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_in,
            body_off, body_len, user, gecos):
-    from ..delivery.router import RouteContext, host_of, resolve
+    from ..delivery.router import RouteContext, resolve, to_recipient
     now = int(time.time())
     qid, df = spool.allocate(now)
     committed = False
@@ -148,17 +158,13 @@ def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_i
                                                 diag="553 5.1.3 " + e.reason, mailer="error"))
                 continue
             for t in targets:
-                key = (t.mailer, t.user.lower())
-                if key in seen:
+                if t.key() in seen:
                     continue
-                seen.add(key)
-                env.recipients.append(Recipient(
-                    t.address if t.parent else text, t.user, notify=notify,
-                    mailer=t.mailer, host=host_of(t, ctx), user=t.user,
-                    parent=t.parent, owner=t.owner,
-                    state=FAILED if t.mailer == "error" else "pending",
-                    status=t.status if t.mailer == "error" else "",
-                    diag=t.diag if t.mailer == "error" else ""))
+                seen.add(t.key())
+                if t.mailer == "discard":
+                    log.info(qid, "%s... discarded" % (t.address or text))
+                    continue
+                env.recipients.append(to_recipient(t, text, notify=notify))
         warning = None
         if "-f" in env.flags and sender.split("@", 1)[0] != user and user not in ("root",):
             warning = "%s set sender to %s using -f" % (user, sender or "<>")

@@ -45,6 +45,7 @@ class QueueRun:
         self.verbose = verbose
         self.out = out
         self.followups = []      # DSNs queued during this run, delivered right after
+        self._views = {}         # mailer name -> MailerView
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
@@ -107,10 +108,14 @@ class QueueRun:
         env.attempts += 1
         env.last_attempt = now
         deferred = failed_now = False
+        self._reroute(env)
         for index, rcpt in enumerate(env.recipients):
             if rcpt.final or rcpt.mailer not in LOCAL_MAILERS:
                 if rcpt.mailer == "error" and not rcpt.final:
-                    rcpt.state = FAILED
+                    if rcpt.status.startswith("4"):
+                        deferred = True         # routed again at the next run
+                    else:
+                        rcpt.state = FAILED
                 continue
             started = time.time()
             status = self._deliver_one(env, index, spool)
@@ -141,7 +146,7 @@ class QueueRun:
             spool.remove(qid)
         else:
             pending_local = [r for r in env.recipients
-                             if not r.final and r.mailer in LOCAL_MAILERS]
+                             if not r.final and r.mailer in LOCAL_MAILERS + ("error",)]
             env.next_attempt = next_retry(env.attempts, now) if pending_local else 0
             spool.save(env)
         self.deliver_followups(spool)
@@ -150,6 +155,33 @@ class QueueRun:
         if failed_now:
             return EX_UNAVAILABLE
         return EX_OK
+
+    def _reroute(self, env):
+        """Recipients the cf could not route for now (a map's temporary failure, a
+        $#error with a 4.x.x status) are routed again, replaced by what they give."""
+        pending = [r for r in env.recipients
+                   if r.mailer == "error" and r.state == DEFERRED and not r.parent]
+        if not pending:
+            return
+        from ..delivery.router import RouteContext, resolve, to_recipient
+        from ..errors import AddressError, ConfigError
+        ctx = RouteContext(self.layout, self.options, self.ident,
+                           lambda m: self.log.info(env.qid, m))
+        for r in pending:
+            try:
+                targets = resolve(r.addr, ctx)
+            except AddressError as e:
+                r.state, r.status, r.diag = FAILED, "5.1.3", "553 5.1.3 " + e.reason
+                continue
+            except ConfigError as e:
+                self.log.err(env.qid, e.message)
+                return
+            new = [to_recipient(t, r.addr, notify=r.notify, orcpt=r.orcpt)
+                   for t in targets if t.mailer != "discard"]
+            for n in new:
+                n.attempts = r.attempts
+            at = env.recipients.index(r)
+            env.recipients[at:at + 1] = new
 
     def deliver_followups(self, spool):
         """Deliver the DSNs this run queued (a bounce should not wait for the next run)."""
@@ -163,11 +195,28 @@ class QueueRun:
             finally:
                 os.close(fd)
 
+    def _view(self, mailer):
+        """The MailerView of a mailer for this run (None when the cf cannot be loaded:
+        the message then goes out as queued, the error is logged once)."""
+        if mailer not in self._views:
+            from ..delivery.mailer_view import MailerView
+            from ..delivery.router import load_rules
+            from ..errors import ConfigError
+            try:
+                rules = load_rules(self.layout, self.options, self.ident.j)
+            except ConfigError as e:
+                if not self._views:
+                    self.log.err(None, e.message)
+                rules = None
+            self._views[mailer] = MailerView(rules, mailer) if rules else None
+        return self._views[mailer]
+
     def _deliver_one(self, env, index, spool):
         from ..delivery.local import deliver
         from ..model import DeliveryStatus
         try:
-            return deliver(env, index, spool, self.layout, self.options)
+            return deliver(env, index, spool, self.layout, self.options,
+                           self._view(env.recipients[index].mailer))
         except OSError as e:
             return DeliveryStatus("4.3.0", "local delivery failed: %s" % e.strerror)
 
@@ -177,7 +226,7 @@ class QueueRun:
         if now - env.created < limit:
             return
         for r in env.recipients:
-            if not r.final and r.mailer in LOCAL_MAILERS and r.state == DEFERRED:
+            if not r.final and r.mailer in LOCAL_MAILERS + ("error",) and r.state == DEFERRED:
                 r.state = FAILED
                 r.status = "4.4.7"
                 r.diag = "Deferred: %s; message could not be delivered for %s" % (
@@ -280,7 +329,7 @@ def _read_header_block(f, limit=1 << 20):
 
 def inject_file(layout, options, ident, log, spool, sender, rcpt_texts, f, notify=""):
     """Queue a message we generated ourselves (a DSN) from an open file, routed now."""
-    from ..delivery.router import RouteContext, host_of, resolve
+    from ..delivery.router import RouteContext, resolve, to_recipient
     headers, offset = _read_header_block(f)
     total = os.fstat(f.fileno()).st_size
     now = int(time.time())
@@ -303,12 +352,12 @@ def inject_file(layout, options, ident, log, spool, sender, rcpt_texts, f, notif
             except Exception:
                 targets = []
             for t in targets:
-                error = t.mailer == "error"
-                env.recipients.append(Recipient(
-                    t.address, t.user, notify=notify or "NEVER", mailer=t.mailer,
-                    host=host_of(t, ctx), user=t.user, parent=t.parent, owner=t.owner,
-                    state=FAILED if error else PENDING, status=t.status if error else "",
-                    diag=t.diag if error else "", reported="failure" if error else ""))
+                if t.mailer == "discard":
+                    continue
+                r = to_recipient(t, t.address, notify=notify or "NEVER")
+                if r.state == FAILED:
+                    r.reported = "failure"
+                env.recipients.append(r)
         if not env.recipients:
             return None
         env.headers.insert(0, ("Received: from localhost by %s (pysendmail) id %s; %s" % (

@@ -95,6 +95,7 @@ class Submission:
         self.home = None      # the caller's $HOME when it is not ours (the relay)
         self.defer_background = False  # the relay: answer first, then start_background()
         self.pending = None
+        self._route_ctx = None
 
     def say(self, line):
         if self.quiet:
@@ -126,6 +127,7 @@ class Submission:
             return EX_USAGE
         try:
             if self._trusted():
+                self.route_context().rules      # a broken cf fails now, before the message is read
                 return self._submit_to_queue(sender, words)
             return self._submit_to_maildrop(sender, words)
         except OSError as e:
@@ -315,9 +317,8 @@ class Submission:
         The order is Sendmail 8.17's: argv addresses in order; the addresses of each
         -t header field in reverse (sendtolist), each inserted after the last queued
         recipient with the same host (recipient() sorting by host when queueing)."""
-        from ..delivery.router import RouteContext, host_of, resolve
-        ctx = RouteContext(self.layout, self.options, self.ident,
-                           lambda msg: self.log.info(env.qid, msg), self.inv.no_alias)
+        from ..delivery.router import resolve, to_recipient
+        ctx = self.route_context(env.qid)
         seen = set()
         work = [(text, False) for text in words]
         for items in header_lists:
@@ -335,23 +336,28 @@ class Submission:
                                             diag="550 5.1.1 User unknown", mailer="local"))
                 continue
             for t in targets:
-                key = (t.mailer, t.user.lower() if t.mailer in ("local", "esmtp", "relay") else t.user)
-                if key in seen:
+                if t.key() in seen:
                     continue
-                seen.add(key)
-                r = Recipient(t.address if t.parent else text, t.user, notify=notify,
-                              orcpt=orcpt, mailer=t.mailer, host=host_of(t, ctx), user=t.user,
-                              parent=t.parent, owner=t.owner)
-                if t.mailer == "error":
-                    r.state = FAILED
-                    r.status = t.status or "5.1.1"
-                    r.diag = t.diag or "550 5.1.1 User unknown"
-                    r.address = t.address or text
+                seen.add(t.key())
+                if t.mailer == "discard":
+                    self.log.info(env.qid, "%s... discarded" % (t.address or text))
+                    continue
+                r = to_recipient(t, text, notify=notify, orcpt=orcpt)
+                if r.state == FAILED:
                     self._failed(env, r)
                 elif from_header:
                     _insert_by_host(env.recipients, r)
                 else:
                     env.recipients.append(r)
+
+    def route_context(self, qid=None):
+        """The router's context for this submission (the cf is loaded once)."""
+        if self._route_ctx is None:
+            from ..delivery.router import RouteContext
+            self._route_ctx = RouteContext(
+                self.layout, self.options, self.ident,
+                lambda msg: self.log.info(self.qid, msg), self.inv.no_alias)
+        return self._route_ctx
 
     def _failed(self, env, r):
         text = r.diag.split(" ", 2)[-1] if r.diag else "User unknown"
