@@ -15,12 +15,19 @@ space is stripped; empty lines are skipped.  (Sendmail drops on-line comments on
 of the first physical line of a logical line; an error inside a continuation line is
 reported on its own physical line and column.
 
-Errors.  A line whose first character is no cf line type, or a malformed P line, is what
-Sendmail calls an "unknown configuration line": a warning `file:line: message: text` goes
-to `warn` (and into CfConfig.warnings) and the line is skipped.  A malformed line of a
-known type raises CfError (EX_CONFIG, 78) with file:line:column, the line and a caret.
-A cf that cannot be opened raises ConfigError with Sendmail's text
-`<path>: line 0: cannot open: <strerror>` and EX_OSFILE (72).
+Errors, in Sendmail's words (cf_checks.py holds the checks past the grammar).  Sendmail's
+readcf() reports every fault with syserr() and reads on; pysendmail splits them in two.
+Warnings -- a line naming something unknown, which Sendmail skips and runs without: no cf
+line type or a malformed P line ("unknown configuration line"), an unknown option name,
+mailer equate or map class, a mailer without A= or P=, a V level above 10 or an unknown
+vendor.  A warning `file:line: message: text` goes to `warn` and into CfConfig.warnings;
+the line is skipped (a mailer is kept as written).  Fatal -- a line of a known type that
+cannot be read as one (no name, no tab, no `=`, no colon), a rule that would not rewrite
+as written (operators out of place, `$n` out of bounds, an unclosed or nested lookup), a
+ruleset number out of range or changed: CfError (EX_CONFIG, 78) with file:line:column,
+the line and a caret.  An unknown DeliveryMode or EightBitMode value is a CfError with
+EX_USAGE (64): Sendmail exits 64 there.  A cf that cannot be opened raises ConfigError
+with Sendmail's text `<path>: line 0: cannot open: <strerror>` and EX_OSFILE (72).
 
 Named rulesets are numbered as Sendmail 8.17's strtorwset() does: `Sname=N` gives N; a
 name first met without a number (on an S line, or in a mailer's S=/R= equate, which
@@ -40,7 +47,8 @@ is ignored and rewritten; a cache directory that cannot be written is not an err
 import marshal
 import os
 
-from ..errors import ConfigError, EX_CONFIG, EX_OSFILE
+from ..errors import ConfigError, EX_CONFIG, EX_OSFILE, EX_USAGE
+from . import cf_checks
 from .cf_model import (CfConfig, ClassFile, Header, MapSpec, Mailer, Milter, QueueGroup,
                        Rule, Ruleset, MAILER_EQUATES)
 
@@ -52,7 +60,7 @@ except ImportError:                     # pragma: no cover - depends on the Pyth
     except ImportError:
         from hashlib import sha256 as _sha256
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _CACHE_MAGIC = "pysendmail-cf"
 MAXRWSETS = 200
 LINE_TYPES = "VDCFOHMSRKPTEQXLG"
@@ -65,6 +73,11 @@ _KIND_NAMES = {
 }
 # One-letter options that pysendmail.config.cmdline.SHORT_OPTIONS does not name.
 _MORE_SHORT_OPTIONS = {"I": "ResolverOptions", "J": "ForwardPath"}
+
+
+def _byte(char):
+    """The first byte of a character as the cf has it (Sendmail's `opt & 0xff`)."""
+    return char.encode("utf-8", "surrogateescape")[0] if char else 0
 
 
 class CfError(ConfigError):
@@ -183,7 +196,7 @@ class _Reader:
         if self.warn_cb is not None:
             self.warn_cb("%s:%d: %s: %s" % (self.path, line, message, text))
 
-    def error(self, message, pos=0):
+    def error(self, message, pos=0, status=EX_CONFIG):
         """CfError at offset pos of the logical line (mapped to its physical line)."""
         text = self.text
         pos = max(0, min(pos, len(text)))
@@ -191,7 +204,7 @@ class _Reader:
         begin = text.rfind("\n", 0, pos) + 1
         end = text.find("\n", pos)
         physical = text[begin:end if end >= 0 else len(text)]
-        raise CfError(message, self.path, line, pos - begin + 1, physical)
+        raise CfError(message, self.path, line, pos - begin + 1, physical, status)
 
     # -- one line
     def line(self, lineno, text):
@@ -207,6 +220,14 @@ class _Reader:
         except lark.exceptions.UnexpectedInput as e:
             if kind == "P":
                 self.warn("unknown configuration line")
+                return
+            if kind == "O":             # setoption() ignores what it cannot name
+                if text[1:2] != " ":
+                    self.warn("readcf: unknown option name 0x%x" % _byte(text[1:2]))
+                    return
+                name = text[2:].split("=", 1)[0].strip()
+                self.warn(cf_checks.option_name_problem(name)
+                          or "readcf: unknown option name %s" % name)
                 return
             self.error(self.syntax_message(kind, e), self.error_pos(e))
         getattr(self, "do_" + tree.data)(tree)
@@ -227,10 +248,26 @@ class _Reader:
             return "invalid rewrite line (tab expected)"
         if kind == "R" and text[1:2] == "\t":
             return "R line: null LHS"
+        if kind in "DCF" and len(text) == 1:
+            return "Name required for macro/class"
+        if kind == "F":
+            words = text[2 if text[1] != "{" else text.find("}") + 1 or len(text):].split()
+            if not words or (len(words) == 1 and words[0].startswith("-o")):
+                return "fileclass: missing file name"
+        if kind == "S":
+            rest = text[1:].strip()
+            if not rest[:1].isdigit():
+                end = 0
+                while end < len(rest) and (rest[end].isalnum() or rest[end] == "_"):
+                    end += 1
+                if end and rest[0].isalpha() and rest[end:].lstrip()[:1] == "=":
+                    return ("bad ruleset definition \"%s\" (number required after `=')"
+                            % rest[:end])
+                return 'invalid ruleset name: "%.20s"' % rest
         if kind == "M" and (len(text) == 1 or text[1] in ", \t\n"):
             return "name required for mailer"
         if kind in "MQX":
-            name = text[1:].split(",")[0].split()[0] if text[1:].split() else ""
+            name = (text[1:].split(",")[0].split() or [""])[0]
             return "%s %s: `=' expected" % ({"M": "mailer", "Q": "queue group",
                                              "X": "milter"}[kind], name)
         if kind == "K":
@@ -257,16 +294,28 @@ class _Reader:
     def _tokens(tree):
         return {t.type: str(t) for t in tree.children if hasattr(t, "type")}
 
+    def named(self, tree):
+        """The macro or class name of a D, C or F line (`{}` names nothing)."""
+        name = self._name(tree)
+        if not name:
+            self.error("Name required for macro/class", 1)
+        return name
+
     def do_version(self, tree):
         self.cf.version = str(tree.children[0]) if tree.children else ""
+        fatal, warnings = cf_checks.version_problems(self.cf.version)
+        if fatal:
+            self.error(fatal, 1)
+        for message in warnings:
+            self.warn(message)
 
     def do_macro(self, tree):
-        name = self._name(tree)
+        name = self.named(tree)
         self.cf.macros[name] = str(tree.children[1]) if len(tree.children) > 1 else ""
         self.origin("D", name)
 
     def do_class_words(self, tree):
-        name = self._name(tree)
+        name = self.named(tree)
         words = str(tree.children[1]).split() if len(tree.children) > 1 else []
         self.add_class(name, words)
 
@@ -279,7 +328,7 @@ class _Reader:
                 members.append(word)
 
     def do_class_file(self, tree):
-        name = self._name(tree)
+        name = self.named(tree)
         tok = self._tokens(tree)
         optional = "OPTFLAG" in tok
         if "PIPE" in tok:
@@ -289,14 +338,24 @@ class _Reader:
         self.cf.class_files.append(ClassFile(name, path, optional, fmt, self.path, self.lineno))
         self.cf.classes.setdefault(name, [])
 
-    def set_option(self, name, value):
+    def set_option(self, name, value, pos):
+        problem = cf_checks.option_value_problem(name, value)
+        if problem:                     # Sendmail exits EX_USAGE on these
+            self.error(problem, pos, EX_USAGE)
         self.cf.options[name] = value
         self.cf.option_list.append((name, value, self.path, self.lineno))
         self.origin("O", name)
 
     def do_long_option(self, tree):
-        tok = self._tokens(tree)
-        self.set_option(tok["OPTNAME"], tok.get("OPTVALUE", "").strip())
+        tok = {t.type: t for t in tree.children}
+        name = str(tok["OPTNAME"])
+        problem = cf_checks.option_name_problem(name)
+        if problem:                     # setoption() ignores the line
+            self.warn(problem)
+            return
+        value = tok.get("OPTVALUE")
+        self.set_option(name, str(value or "").strip(),
+                        value.start_pos if value is not None else len(self.text))
 
     def do_short_option(self, tree):
         from .cmdline import SHORT_OPTIONS
@@ -310,9 +369,9 @@ class _Reader:
             return
         name = SHORT_OPTIONS.get(letter) or _MORE_SHORT_OPTIONS.get(letter)
         if name is None:
-            self.warn("readcf: unknown option name 0x%x" % ord(letter))
+            self.warn("readcf: unknown option name 0x%x" % _byte(letter))
             name = letter
-        self.set_option(name, value.strip())
+        self.set_option(name, value.strip(), 2)
 
     def do_header(self, tree):
         tok = self._tokens(tree)
@@ -334,6 +393,9 @@ class _Reader:
     def do_mailer(self, tree):
         name, equate = self.equates(tree, "M")
         mailer = Mailer(name, equate, self.path, self.lineno)
+        problem = cf_checks.mailer_problem(mailer)
+        if problem:                     # Sendmail defines no such mailer and goes on
+            self.warn(problem)
         for code in ("S", "R"):         # makemailer() enters these ruleset names
             value = mailer.field(code)
             for part in (value or "").split("/")[:2]:
@@ -394,14 +456,29 @@ class _Reader:
     def do_rule(self, tree):
         if self.current is None:
             self.error('missing valid ruleset for "%s"' % self.text, 0)
-        tok = self._tokens(tree)
-        self.current.rules.append(Rule(tok["LHS"].strip(), tok["RHS"].strip(),
-                                       tok.get("COMMENT", "").strip(), self.path, self.lineno))
+        tok = {t.type: t for t in tree.children}
+        lhs, rhs = tok["LHS"], tok["RHS"]
+        problem = cf_checks.rule_problem(str(lhs), str(rhs))
+        if problem:
+            message, side, at = problem
+            self.error(message, (lhs if side == "lhs" else rhs).start_pos + at)
+        self.current.rules.append(Rule(lhs.strip(), rhs.strip(),
+                                       str(tok.get("COMMENT", "")).strip(), self.path,
+                                       self.lineno))
 
     def do_map(self, tree):
-        tok = self._tokens(tree)
-        name = tok["MAPNAME"]
-        self.cf.maps[name] = MapSpec(name, tok["MAPCLASS"], tok.get("MAPARGS", ""),
+        tok = {t.type: t for t in tree.children}
+        name, mclass = str(tok["MAPNAME"]), str(tok["MAPCLASS"])
+        if not (name[0].isascii() and name[0].isalnum()):
+            self.error("readcf: config K line: no map name", tok["MAPNAME"].start_pos)
+        if not (mclass[0].isascii() and mclass[0].isalnum()):
+            self.error("readcf: config K line, map %s: no map class" % name,
+                       tok["MAPCLASS"].start_pos)
+        problem = cf_checks.map_class_problem(name, mclass)
+        if problem:                     # makemapentry() enters no such map
+            self.warn(problem)
+            return
+        self.cf.maps[name] = MapSpec(name, mclass, str(tok.get("MAPARGS", "")),
                                      self.path, self.lineno)
 
     def do_precedence(self, tree):
