@@ -14,6 +14,7 @@ MAXMATCH = 9                 # wildcards in one LHS ($1..$9)
 MAX_MAP_ARGS = 10            # $@ arguments in one $( $) lookup
 MAX_CONFIG_LEVEL = 10        # the highest V level Sendmail 8.17 knows
 VENDORS = ("berkeley", "pysendmail")
+SENDMAIL_VERSION = "8.17.1.9"  # the Sendmail whose behaviour pysendmail follows
 # Option names of Sendmail 8.17's OptionTab (some behind compile-time switches) that
 # pysendmail.config.options.KNOWN lacks: a cf may set them without a complaint.
 MORE_OPTIONS = frozenset(n.lower() for n in """
@@ -166,7 +167,6 @@ def map_class_problem(name, mclass):
 
 def version_problems(text):
     """The V line: (fatal message or None, [warnings]).  text is what follows the V."""
-    from .. import __version__
     rest = text.lstrip()
     digits = 0
     while digits < len(rest) and rest[digits] in _DIGITS:
@@ -177,7 +177,7 @@ def version_problems(text):
     level = int(rest[:digits])
     if level > MAX_CONFIG_LEVEL:
         warnings.append("Warning: .cf version level (%d) exceeds sendmail version %s "
-                        "functionality (%d)" % (level, __version__, MAX_CONFIG_LEVEL))
+                        "functionality (%d)" % (level, SENDMAIL_VERSION, MAX_CONFIG_LEVEL))
     if rest[digits:digits + 1] == "/":
         vendor = rest[digits + 1:]
         end = 0
