@@ -328,3 +328,28 @@ def test_masquerade_classes_at_run_time(run_cf):
     assert got == ["Rcode = 0, addr = " + a for a in [
         "root@example.com", "root@mail.example.com", "user@example.com",
         "u@example.com", "u@other2.example", "user@mail.example.com"]]
+
+
+def test_readme_site_rule_example(sm_bin, tmp_path):
+    """etc/README's ParseLocal example, added to the cf, routes that domain as it says."""
+    with open(os.path.join(REPO, "etc", "README"), encoding="utf-8") as f:
+        rules = [line.strip() + "\n" for line in f if line.startswith("  R$* < @ partner")]
+    assert len(rules) == 2 and all("\t" in r for r in rules)
+    cf = make_cf(tmp_path)
+    with open(cf, encoding="utf-8") as f:
+        text = f.read()
+    assert "\nSParseLocal=98\n" in text
+    with open(cf, "w", encoding="utf-8") as f:
+        f.write(text.replace("\nSParseLocal=98\n", "\nSParseLocal=98\n" + "".join(rules)))
+    with open(os.path.join(str(tmp_path), "hosts"), "a", encoding="utf-8") as f:
+        f.write("192.0.2.7 partner.example\n")          # $[ $] adds the trailing dot
+    root = tmp_path / "root"
+    root.mkdir()
+    stdout, stderr, _status = bt(sm_bin, cf, [
+        "/parse a@partner.example", "/parse a@sub.partner.example",
+        "/map virtuser info@virt.example"], root, hosts=str(tmp_path / "hosts"))
+    assert stderr == ""
+    assert results(stdout) == [
+        "mailer esmtp, host [mx.partner.example], user a@partner.example",
+        "mailer esmtp, host sub.partner.example, user a@sub.partner.example"]
+    assert "map_lookup: virtuser (info@virt.example) returns jane (0)" in stdout
