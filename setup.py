@@ -18,9 +18,10 @@ setup(
     data_files=[
         ("share/man/man1", ["man/mailq.1"]),
         ("share/man/man5", ["man/aliases.5", "man/sendmail.cf.5"]),
-        ("share/man/man8", ["man/sendmail.8", "man/newaliases.8", "man/pysendmail.8"]),
+        ("share/man/man8", ["man/sendmail.8", "man/newaliases.8", "man/pysendmail.8",
+                          "man/makemap.8"]),
     ],
-    scripts=["bin/sendmail", "bin/mailq", "bin/newaliases", "bin/pysendmail"],
+    scripts=["bin/sendmail", "bin/mailq", "bin/newaliases", "bin/pysendmail", "bin/makemap"],
     install_requires=[
         "dnspython>=2.4",
         "authres>=1.2",

@@ -14,8 +14,15 @@ through a temporary file renamed into place, keeping their mode.
 import os
 import sys
 
-NAMES = ("sendmail", "mailq", "newaliases", "pysendmail")
+NAMES = ("sendmail", "mailq", "newaliases", "pysendmail", "makemap")
 MARKER = "from pysendmail.cli.main import main"
+# Commands whose launcher imports another module of pysendmail.cli than `main`.
+MODULES = {"makemap": "makemap"}
+
+
+def marker(name):
+    """The import line that identifies the launcher of command `name`."""
+    return "from pysendmail.cli.%s import main" % MODULES.get(name, "main")
 
 TEMPLATE = """#!{python} -IS
 # The installed command, written by `pysendmail launchers`: Python starts isolated and
@@ -24,7 +31,7 @@ import os
 import sys
 
 sys.path.insert(0, {site!r})
-from pysendmail.cli.main import main
+from pysendmail.cli.{module} import main
 
 status = main(sys.argv)
 try:
@@ -41,22 +48,23 @@ def package_dir():
     return os.path.dirname(os.path.dirname(os.path.abspath(pysendmail.__file__)))
 
 
-def launcher_text(python=None, site=None):
-    return TEMPLATE.format(python=python or sys.executable, site=site or package_dir())
+def launcher_text(python=None, site=None, name="sendmail"):
+    return TEMPLATE.format(python=python or sys.executable, site=site or package_dir(),
+                           module=MODULES.get(name, "main"))
 
 
 def rewrite(bindir, python=None, site=None, dry_run=False):
     """Rewrite the launchers in `bindir`; returns the paths changed."""
-    text = launcher_text(python, site)
     changed = []
     for name in NAMES:
+        text = launcher_text(python, site, name)
         path = os.path.join(bindir, name)
         try:
             with open(path, encoding="utf-8", errors="replace") as f:
                 current = f.read()
         except OSError:
             continue
-        if MARKER not in current or current == text:
+        if marker(name) not in current or current == text:
             continue
         changed.append(path)
         if dry_run:

@@ -21,16 +21,17 @@ sum over entries of len(name) + len(value). The reference capture (8 aliases, lo
 209 total) is reproduced by tests/test_aliases.py with a file whose lengths follow this
 rule (``team: root, carol@example.org, bob@example.net`` gives the 40-byte value).
 
-The database (PATH + ".db") is this module's own sorted-index file, read by binary
-search with pread(): ``PYSMADB1\\n``, a 4-byte entry count, then per entry four 4-byte
-big-endian numbers (key offset, key length, value offset, value length) sorted by key,
-then the key and value bytes. It is written to a temporary file, fsynced, renamed over
-the old one and the directory fsynced, so a reader sees the old or the new database,
-never a torn one. Only ``os`` is imported at module level.
+The database (PATH + ".db") is pysendmail's sorted-index file (config.sorted_index,
+shared with the maps makemap builds): keys are the lower-cased names, values the raw
+alias values, UTF-8; it is read by binary search with pread() and written atomically
+(temporary file, fsync, rename, directory fsync), so a reader sees the old or the new
+database, never a torn one. Only ``os`` is imported at module level.
 """
 import os
 
-MAGIC = b"PYSMADB1\n"
+from . import sorted_index
+
+MAGIC = sorted_index.MAGIC
 _ENC = "utf-8"
 _ERRS = "surrogateescape"
 
@@ -196,54 +197,27 @@ def split_value(value):
 
 
 # -- database ---------------------------------------------------------------------
+# The file format and its atomic writing live in config.sorted_index (shared with the
+# hash/btree maps that makemap builds); here: str <-> bytes and the key folding.
+
+_KIND = "alias database"
+
 
 def db_path_for(path):
     return path + ".db"
 
 
+def _db_pairs(aliases):
+    return [(k.encode(_ENC, _ERRS), v.encode(_ENC, _ERRS)) for k, v in aliases.items()]
+
+
 def _encode_db(aliases):
-    import struct
-    keys = sorted((k.encode(_ENC, _ERRS), v.encode(_ENC, _ERRS)) for k, v in aliases.items())
-    head = len(MAGIC) + 4 + 16 * len(keys)
-    index = []
-    blob = []
-    off = head
-    for k, v in keys:
-        index.append(struct.pack(">IIII", off, len(k), off + len(k), len(v)))
-        blob.append(k)
-        blob.append(v)
-        off += len(k) + len(v)
-    return b"".join([MAGIC, struct.pack(">I", len(keys))] + index + blob)
+    return sorted_index.encode(_db_pairs(aliases))
 
 
 def write_db(db_path, aliases, mode=0o644):
     """Write the database atomically: temp file, fsync, rename, fsync the directory."""
-    data = _encode_db(aliases)
-    directory = os.path.dirname(os.path.abspath(db_path))
-    tmp = f"{db_path}.tmp{os.getpid()}.{os.urandom(6).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                done = os.write(fd, view)
-                view = view[done:]
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, db_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    sorted_index.write(db_path, _db_pairs(aliases), mode)
 
 
 class Locked(Exception):
@@ -274,57 +248,14 @@ def db_get(db_path, name):
     string or None. OSError if absent; ValueError if the file is not a database of
     this format or is cut short. (No mmap: a file truncated under a mapping would
     kill the reader with SIGBUS.)"""
-    import struct
-    key = name.lower().encode(_ENC, _ERRS)
-    fd = os.open(db_path, os.O_RDONLY)
-    try:
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, len(MAGIC) + 4, 0)
-        if len(head) < len(MAGIC) + 4 or head[:len(MAGIC)] != MAGIC:
-            raise ValueError(f"{db_path}: not an alias database")
-        (count,) = struct.unpack_from(">I", head, len(MAGIC))
-        base = len(MAGIC) + 4
-        if base + 16 * count > size:
-            raise ValueError(f"{db_path}: truncated alias database")
-        lo, hi = 0, count
-        while lo < hi:
-            mid = (lo + hi) // 2
-            ent = os.pread(fd, 16, base + 16 * mid)
-            if len(ent) != 16:
-                raise ValueError(f"{db_path}: truncated alias database")
-            koff, klen, voff, vlen = struct.unpack(">IIII", ent)
-            if koff + klen > size or voff + vlen > size or voff != koff + klen:
-                raise ValueError(f"{db_path}: corrupt alias database")
-            rec = os.pread(fd, klen + vlen, koff)
-            if len(rec) != klen + vlen:
-                raise ValueError(f"{db_path}: truncated alias database")
-            k = rec[:klen]
-            if k == key:
-                return rec[klen:].decode(_ENC, _ERRS)
-            if k < key:
-                lo = mid + 1
-            else:
-                hi = mid
-    finally:
-        os.close(fd)
-    return None
+    value = sorted_index.get(db_path, name.lower().encode(_ENC, _ERRS), _KIND)
+    return None if value is None else value.decode(_ENC, _ERRS)
 
 
 def db_items(db_path):
     """All (name, value) pairs of a database, in key order."""
-    import struct
-    with open(db_path, "rb") as f:
-        data = f.read()
-    if data[:len(MAGIC)] != MAGIC:
-        raise ValueError(f"{db_path}: not an alias database")
-    (count,) = struct.unpack_from(">I", data, len(MAGIC))
-    base = len(MAGIC) + 4
-    out = []
-    for i in range(count):
-        koff, klen, voff, vlen = struct.unpack_from(">IIII", data, base + 16 * i)
-        out.append((data[koff:koff + klen].decode(_ENC, _ERRS),
-                    data[voff:voff + vlen].decode(_ENC, _ERRS)))
-    return out
+    return [(k.decode(_ENC, _ERRS), v.decode(_ENC, _ERRS))
+            for k, v in sorted_index.items(db_path, _KIND)]
 
 
 # -- lookup -----------------------------------------------------------------------

@@ -16,11 +16,15 @@ accepted), -A, -t, -D (accepted); text: -k<col> -v<col> -z<delim>; regex:
 -n -b -s<groups> -d<delim>; user: -v<field>.
 
 Classes: dequote, macro, arith, regex, text, sequence, switch, stab, user,
-host, null, and hash/btree (also dbm).  hash/btree maps are read from the
-makemap text source: ``<file>`` if it is a text file, else ``<file>.txt``
-("key value" per line, # comments).  A compiled Berkeley DB ``<file>.db``
-is not read: Python has no Berkeley DB reader without a C compiler, so keep
-the source next to it.  Sources are re-read when their mtime changes.
+host, null, and hash/btree (also dbm).  hash/btree maps read ``<file>.db``
+when it is pysendmail's sorted index (config.sorted_index, what our
+`makemap` builds): binary search with pread(), no full load, re-opened when
+the file is replaced.  Without one they read the makemap text source:
+``<file>`` if it is a text file, else ``<file>.txt`` ("key value" per line,
+# comments).  A Berkeley DB ``<file>.db`` from Sendmail's makemap is not
+read (Python has no Berkeley DB reader without a C compiler): open_error
+says so and the text source is used.  Sources are re-read when their mtime
+changes.
 """
 
 import os
@@ -323,15 +327,82 @@ class FileMap(Map):
 
 
 class HashMap(FileMap):
-    """hash/btree/dbm maps, read from the makemap text source."""
+    """hash/btree/dbm maps: ``<file>.db`` when it is pysendmail's sorted index (what
+    our makemap builds), looked up by binary search and re-opened when the file is
+    replaced; else the makemap text source. A ``.db`` of another format (Berkeley DB
+    from Sendmail's makemap) is not read: open_error says so, once, and the text
+    source is used."""
+
+    def __init__(self, name, flags=None, path=None):
+        super().__init__(name, flags, path)
+        self._index = None          # an open sorted_index.Reader
+        self._foreign = None        # stat stamp of a .db that is not ours
+
+    def base(self):
+        path = self.path or ""
+        return path[:-3] if path.endswith(".db") else path
 
     def source(self):
-        path = self.path or ""
-        if path.endswith(".db"):
-            path = path[:-3]
+        path = self.base()
         if os.path.isfile(path) and not _looks_binary(path):
             return path
         return path + ".txt"
+
+    def _reader(self):
+        """The open index of <file>.db, re-opened if the file changed; None when
+        there is no usable one (then the text source is read)."""
+        from . import sorted_index
+        idx = self._index
+        if idx is not None and not idx.changed():
+            return idx
+        if idx is not None:
+            idx.close()
+            self._index = None
+        db = self.base() + ".db"
+        try:
+            st = os.stat(db)
+        except (OSError, ValueError):
+            return None
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._foreign:
+            return None
+        try:
+            self._index = sorted_index.Reader(db, "map database")
+            self._foreign = None
+            return self._index
+        except ValueError:
+            self._foreign = stamp
+            if self.open_error is None:
+                self.open_error = (
+                    "%s: %s is not a pysendmail map database (a Berkeley DB file from "
+                    "Sendmail's makemap?); using the text source %s instead; rebuild it "
+                    "with pysendmail's makemap" % (self.name, db, self.source()))
+        except OSError as exc:
+            if not self.optional and self.open_error is None:
+                self.open_error = "%s: cannot open %s: %s" % (
+                    self.name, db, exc.strerror or exc)
+        return None
+
+    def get(self, key, args):
+        idx = self._reader()
+        if idx is not None:
+            try:
+                value = idx.get(key.encode("utf-8", "surrogateescape"))
+            except (OSError, ValueError) as exc:
+                if self.open_error is None:
+                    self.open_error = "%s: %s" % (self.name, exc)
+                return None
+            return None if value is None else value.decode("utf-8", "surrogateescape")
+        if self._foreign is not None and not self._text_exists():
+            return None
+        return super().get(key, args)
+
+    def _text_exists(self):
+        try:
+            os.stat(self.source())
+            return True
+        except OSError:
+            return False
 
 
 def _looks_binary(path):
