@@ -5,9 +5,34 @@ small scripts from `bin/` rather than as setuptools entry points (whose wrappers
 import `re` and more): they import only what the submission path needs, because
 cron and PHP pay the start-up cost on every message (see docs/ARCHITECTURE.md).
 """
+import os
+import sys
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPy(build_py):
+    """Also writes the compiled form of the shipped sendmail.cf (data/sendmail.cf.compiled),
+    so that no installed command runs the cf parser for the embedded default: a fresh
+    instance's first `sendmail` costs the same as the next one."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "pysendmail", "data", "sendmail.cf")
+        if self.dry_run or not os.path.exists(target):
+            return
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        try:
+            from pysendmail.config import cf
+            cf.compile_to(target)
+        except ImportError as e:      # no lark where this builds: compiled on first use
+            print("warning: sendmail.cf not precompiled: %s" % e, file=sys.stderr)
+        finally:
+            sys.path.pop(0)
 
 setup(
+    cmdclass={"build_py": BuildPy},
     name="pysendmail",
     version="0.1.0",
     description="A Sendmail-compatible mail transfer agent in Python",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pysendmail.config import cf
+from pysendmail.config import cf, cf_cache
 from pysendmail.errors import ConfigError
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "cf")
@@ -260,13 +260,13 @@ def test_synthetic_line_forms(tmp_path):
 
 def test_unsupported_lines_warn_with_file_and_line(tmp_path):
     path = write(tmp_path, "V10\nZunknown line\nDxok\nPnoequals\n\tcontinued\nOQ/var/q\n"
-                           "Mm, P=/bin/true, Zq=1\n")
+                           "Mm, P=/bin/true, Zq=1, A=true\n")
     seen = []
     config = cf.parse(path, warn=seen.append)
     assert seen == [
         "%s:2: unknown configuration line: Zunknown line" % path,
         "%s:4: unknown configuration line: Pnoequals\n\tcontinued" % path,
-        "%s:7: Mm: unknown mailer equate Z=: Mm, P=/bin/true, Zq=1" % path,
+        "%s:7: Mm: unknown mailer equate Z=: Mm, P=/bin/true, Zq=1, A=true" % path,
     ]
     assert [w[:3] for w in config.warnings] == [
         (path, 2, "unknown configuration line"), (path, 4, "unknown configuration line"),
@@ -346,7 +346,7 @@ def test_cache_hit_avoids_lark_and_gives_the_same_config(tmp_path):
     cache = str(tmp_path / "cache")
     path = cf_path("debian")
     first = cf.load(path, cache_dir=cache)
-    where = cf.cache_file(path, cache)
+    where = cf_cache.cache_file(path, cache)
     assert os.listdir(cache) == [os.path.basename(where)]
     assert run_fresh(FRESH_LOAD, path, cache).split() == ["False", "67", "550", "0"]
     again = cf.load(path, cache_dir=cache)
@@ -383,7 +383,7 @@ def test_corrupted_cache_is_ignored_and_rebuilt(tmp_path, garbage):
     cache = str(tmp_path / "cache")
     path = cf_path("simple")
     good = cf.load(path, cache_dir=cache).to_plain()
-    where = cf.cache_file(path, cache)
+    where = cf_cache.cache_file(path, cache)
     with open(where, "rb") as f:
         digest = marshal.loads(f.read())[2]
     blob = garbage
@@ -417,7 +417,7 @@ def test_eight_bit_and_crlf_lines_survive_the_cache(tmp_path):
     path = tmp_path / "latin1.cf"
     path.write_bytes(b"V10\r\nDxcaf\xe9 \r\nS0\r\nR$*\t$@ caf\xe9\t# \xe9\r\n")
     first = cf.load(str(path), cache_dir=cache)
-    assert os.path.exists(cf.cache_file(str(path), cache))      # marshal keeps surrogates
+    assert os.path.exists(cf_cache.cache_file(str(path), cache))      # marshal keeps surrogates
     again = cf.load(str(path), cache_dir=cache)
     assert first.macros["x"] == again.macros["x"] == "caf\udce9"
     rule = again.rulesets[0].rules[0]

@@ -303,8 +303,8 @@ def main(inv, layout, options, ident, log):
     from ..errors import MTAError
     out = sys.stdout
     try:
-        cf = cfmod.load(inv.cf or layout.cf)
+        cf = cfmod.load(inv.cf or layout.cf, cache_dir=layout.cache_dir)
     except MTAError as e:
         out.write("%s\n" % e.message)
-        return EX_CONFIG
+        return e.status
     return run(cf, dict(options, **inv.options), sys.stdin, out, lambda m: out.write(m + "\n"))

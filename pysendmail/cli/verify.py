@@ -49,6 +49,11 @@ def main(inv, layout, options, ident, log):
         _out(text)
         log.notice(qid, text)
 
+    # readcf's complaints come first, and their status sticks (Sendmail's ExitStat)
+    for _line, text in ctx.rules.complaints:
+        tell(text)
+        if status == EX_OK:
+            status = 71 if "fileclass: cannot open" in text else 70
     good = []
     seen = set()
     for text in words:
@@ -57,13 +62,13 @@ def main(inv, layout, options, ident, log):
         except AddressError as e:
             tell(e.message)
             tell("%s... User unknown" % text)
-            status = EX_NOUSER
+            status = status or EX_NOUSER
             continue
         for t in targets:
             if t.mailer == "error":
                 reason = (t.diag or "550 5.1.1 User unknown").split(" ", 2)[-1]
                 tell("%s... %s" % (t.address or text, reason))
-                status = EX_NOUSER
+                status = status or EX_NOUSER
             elif t.key() not in seen:
                 seen.add(t.key())
                 good.append(t)

@@ -2,6 +2,7 @@
 (sendmail_cf.lark) for each logical line, and a cache of the parsed form.
 
     load(path, warn=None, cache_dir=None) -> CfConfig    # what callers use
+    compile_to(path, out=None) -> CfConfig                # write <path>.compiled
     parse(path, warn=None) -> CfConfig                   # always parses (imports lark)
     parse_text(text, path, warn=None) -> CfConfig
 
@@ -35,33 +36,19 @@ Sendmail also enters) takes the next number counting down from 199 (MAXRWSETS 20
 numbers must be below 100 (MAXRWSETS / 2).  `$>name` calls in rules are resolved when
 the rules run, as in Sendmail, and assign nothing here.
 
-The cache.  With `cache_dir`, load() keeps the parsed form as `marshal`led plain data in
-`cache_dir/cf-<sha256 of the absolute path>.cache`, keyed on the SHA-256 of the file's
-contents (safer than size + mtime: an edit within the same second and a file replaced
-by one of the same size are both seen) and on CACHE_VERSION (bump it whenever the parser
-or the model changes).  The file is written to a temporary name and renamed into place.
-A cache hit reads the cf, hashes it (about 0.2 ms for Debian's 80 KB cf) and unmarshals:
-lark, re, hashlib and pickle are not imported.  An unreadable, corrupted or stale cache
-is ignored and rewritten; a cache directory that cannot be written is not an error.
+The compiled form (config/cf_cache.py).  load() reads `<path>.compiled` (written ahead
+of time by compile_to(); `pip install` does it for the shipped cf) or, with `cache_dir`,
+the per-path cache there, when either was made from the same contents; otherwise it
+parses and, with `cache_dir`, stores the result.  A hit imports no lark.
 """
-import marshal
 import os
 
 from ..errors import ConfigError, EX_CONFIG, EX_OSFILE, EX_USAGE
-from . import cf_checks
+from . import cf_cache, cf_checks
 from .cf_model import (CfConfig, ClassFile, Header, MapSpec, Mailer, Milter, QueueGroup,
                        Rule, Ruleset, MAILER_EQUATES)
 
-try:                                    # the bare C module: hashlib costs ~7 ms to import
-    from _sha2 import sha256 as _sha256
-except ImportError:                     # pragma: no cover - depends on the Python version
-    try:
-        from _sha256 import sha256 as _sha256
-    except ImportError:
-        from hashlib import sha256 as _sha256
-
-CACHE_VERSION = 2
-_CACHE_MAGIC = "pysendmail-cf"
+CACHE_VERSION = cf_cache.CACHE_VERSION
 MAXRWSETS = 200
 LINE_TYPES = "VDCFOHMSRKPTEQXLG"
 _KIND_NAMES = {
@@ -537,55 +524,29 @@ def parse(path, warn=None):
 
 # ---------------------------------------------------------------- the cache
 
-def cache_file(path, cache_dir):
-    """Where load() keeps the compiled form of the cf at path."""
-    key = _sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(cache_dir, "cf-%s.cache" % key[:32])
-
-
-def _load_cached(where, digest, path, warn):
-    try:
-        with open(where, "rb") as f:
-            magic, version, key, plain = marshal.loads(f.read())
-        if magic != _CACHE_MAGIC or version != CACHE_VERSION or key != digest:
-            return None
-        cf = CfConfig.from_plain(plain)
-        if cf.path != path:
-            return None
-    except Exception:       # unreadable, truncated, corrupted: rebuild it
-        return None
-    if warn is not None:
-        for file, line, message, text in cf.warnings:
-            warn("%s:%d: %s: %s" % (file, line, message, text))
-    return cf
-
-
-def _store(where, digest, cf):
-    tmp = "%s.%d.tmp" % (where, os.getpid())
-    try:
-        os.makedirs(os.path.dirname(where), exist_ok=True)
-        blob = marshal.dumps((_CACHE_MAGIC, CACHE_VERSION, digest, cf.to_plain()))
-        with open(tmp, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, where)
-    except (OSError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-
-
 def load(path, warn=None, cache_dir=None):
-    """The CfConfig of the cf at path: from the cache in cache_dir when the file's contents
-    are those cached, else parsed (and cached when cache_dir is given)."""
+    """The CfConfig of the cf at path: its compiled form (cf_cache: `<path>.compiled`, then
+    cache_dir) when that was made from the same contents, else parsed (and then cached
+    when cache_dir is given)."""
     data = _read(path)
-    if cache_dir is None:
-        return parse_text(_decode(data), path, warn)
-    digest = _sha256(data).hexdigest()
-    where = cache_file(path, cache_dir)
-    cf = _load_cached(where, digest, path, warn)
+    key = cf_cache.digest(data)
+    cf = cf_cache.read(cf_cache.compiled_file(path), key, path, warn, same_path=False)
+    if cf is not None or cache_dir is None:
+        return cf if cf is not None else parse_text(_decode(data), path, warn)
+    where = cf_cache.cache_file(path, cache_dir)
+    cf = cf_cache.read(where, key, path, warn)
     if cf is not None:
         return cf
     cf = parse_text(_decode(data), path, warn)
-    _store(where, digest, cf)
+    cf_cache.write(where, key, cf)
+    return cf
+
+
+def compile_to(path, out=None):
+    """Write the compiled form of the cf at path to out (default `<path>.compiled`), for
+    load() to find without the parser; raises CfError if the cf is broken."""
+    data = _read(path)
+    cf = parse_text(_decode(data), path)
+    if not cf_cache.write(out or cf_cache.compiled_file(path), cf_cache.digest(data), cf):
+        raise OSError("cannot write %s" % (out or cf_cache.compiled_file(path)))
     return cf

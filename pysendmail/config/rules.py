@@ -327,6 +327,7 @@ class Rules:
     def parse(self, addr, sender=False, header=False, usrerr=None):
         """parseaddr() + buildaddr() of one address (see the module docstring).
         usrerr(msg) receives prescan's complaints as they happen."""
+        self.macros["addr_type"] = ("h " if header else "e ") + ("s" if sender else "r")
         scan = self.tokens(addr, True)
         for msg in scan.errors:
             if usrerr is not None:
@@ -349,8 +350,8 @@ class Rules:
         name, host, user = parts
         k = next((k for k, t in enumerate(toks) if t == "$:" and type(t) is not str), -1)
         user_toks = list(toks[k + 1:]) if k >= 0 else []
-        if name.lower() == "error":
-            return self._error_mailer(host, user)
+        if name.lower() == "error":        # cataddr(..., ' ') : a space, not BlankSub
+            return self._error_mailer(host, detokenize(user_toks, " ", self.operator_chars))
         mailer = self.mailer(name)
         if mailer is None and name.lower() != "discard":
             text = "buildaddr: unknown mailer " + name
@@ -418,6 +419,7 @@ class Rules:
         its phrase and comments (crackaddr's template) unless *canonical* (an envelope
         address in its bare form); rcode is 75 when a map failed temporarily, else 0."""
         rs = self.mailer_rw(mailer, sender, header)
+        self.macros["addr_type"] = ("h " if header else "e ") + ("s" if sender else "r")
         fancy = "$g" if canonical else crackaddr(addr, self.must_quote, self.colon_ok)
         toks = self.tokens(addr, True).tokens
         if toks is None:

@@ -78,7 +78,10 @@ class Target:
 
     def key(self):
         if self.mailer not in ("local", "prog", "file", "error", "discard"):
-            return (self.mailer, self.host.lower(), self.user)
+            # Sendmail's sameaddr(): the domain without case, the local part with it
+            local, at, dom = self.user.rpartition("@")
+            return (self.mailer, self.host.lower(), local if at else dom,
+                    dom.lower() if at else "")
         if self.mailer == "error":
             return ("error", self.address.lower())
         if self.mailer == "local":
