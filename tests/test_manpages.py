@@ -30,6 +30,7 @@ PAGES = {
     "aliases.5": ("aliases", "5"),
     "sendmail.cf.5": ("sendmail.cf", "5"),
     "pysendmail.8": ("pysendmail", "8"),
+    "makemap.8": ("makemap", "8"),
 }
 
 

@@ -242,3 +242,17 @@ def test_broken_cf_fails_before_reading_and_loses_nothing(sm_bin, workdir):
                        input=b"Subject: x\n\nx\n", capture_output=True)
     assert p.returncode == 78, p
     assert cf.encode() + b":" in p.stdout + p.stderr
+
+
+def test_masquerading_rewrites_header_senders_at_delivery(site):
+    s = site(extra_cf="Djmail.example.com\nDMmasq.example")
+    msg = (b"From: Tester <tester@mail.example.com>\nTo: %s@mail.example.com, "
+           b"Other <other@example.org>\nSubject: masq\n\nbody\n" % ME.encode())
+    s.run(["-odi", "-oi", "-f", "tester@mail.example.com", ME], input=msg, check=0)
+    box = s.mailbox()
+    assert "From: Tester <tester@masq.example>" in box      # HdrFromL masquerades
+    assert "Return-Path: <tester@mail.example.com>" in box  # the envelope is not
+    assert "Other <other@example.org>" in box               # recipients stay as written
+    plain = site()
+    plain.run(["-odi", "-oi", ME], input=msg, check=0)
+    assert "From: Tester <tester@mail.example.com>" in plain.mailbox()
