@@ -8,7 +8,9 @@ model changes):
   writes it for the shipped default cf (setup.py), so that no installed command ever
   imports the parser for it;
 * `cache_dir/cf-<sha256 of the absolute path>.cache`, written by cf.load() on a miss
-  (the instance's state/cache directory), for any other cf.
+  (the instance's state/cache directory), for any other cf;
+* `cache_dir/rules-<key>.cache`: the rewriting rules compiled (config/rules.py), keyed
+  on the rules, the macros they were compiled with and OperatorChars.
 
 Keying on the contents is safer than size + mtime: an edit within the same second and a
 file replaced by one of the same size are both seen.  A hit hashes the cf (about 0.2 ms
@@ -72,10 +74,27 @@ def read(where, key, path, warn, same_path=True):
 
 def write(where, key, cf):
     """Store the compiled form atomically (temporary name, rename); False on failure."""
+    return write_blob(where, key, cf.to_plain())
+
+
+def read_blob(where, key):
+    """Plain data stored by write_blob() under *key*, or None."""
+    try:
+        with open(where, "rb") as f:
+            magic, version, stored, data = marshal.loads(f.read())
+    except Exception:       # absent, unreadable, corrupted
+        return None
+    if magic != _MAGIC or version != CACHE_VERSION or stored != key:
+        return None
+    return data
+
+
+def write_blob(where, key, data):
+    """Store plain data atomically (temporary name, rename); False on failure."""
     tmp = "%s.%d.tmp" % (where, os.getpid())
     try:
         os.makedirs(os.path.dirname(where) or ".", exist_ok=True)
-        blob = marshal.dumps((_MAGIC, CACHE_VERSION, key, cf.to_plain()))
+        blob = marshal.dumps((_MAGIC, CACHE_VERSION, key, data))
         with open(tmp, "wb") as f:
             f.write(blob)
         os.replace(tmp, where)

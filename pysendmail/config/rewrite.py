@@ -50,6 +50,10 @@ then stops with Sendmail's "Infinite loop" message and status LOOP.
 from pysendmail.config.tokenize import (
     DEFAULT_OPERATOR_CHARS, MAXATOM, Meta, detokenize, is_atom, prescan)
 from pysendmail.config import maps as _maps
+from pysendmail.config.rule_tokens import (  # noqa: F401  (the operators are part of this interface)
+    ANY, CALLSUBR, CANONHOST, CANONNET, CANONUSER, CLASS, CONDELSE, DMACRO, HOSTBEGIN,
+    HOSTEND, LIT, LOOKUPBEGIN, LOOKUPEND, NCLASS, ONE, ZANY, ZERO, Op, fold, from_plain,
+    rule_items, to_plain, _FOLD)
 from pysendmail.config.triple import resolve  # noqa: F401  (part of this module's interface)
 
 OK = 0
@@ -62,58 +66,6 @@ MAXLOOP = 100
 MAX_SUBR = 16
 MAX_MAP_ARGS = 10
 MAXSTEPS = 20000     # ours: rule applications per top-level call (see below)
-
-ZANY, ANY, ONE, ZERO, CLASS, NCLASS, DMACRO, LIT = range(8)   # LHS operators
-CANONNET = Meta("$#")
-CANONHOST = Meta("$@")
-CANONUSER = Meta("$:")
-CALLSUBR = Meta("$>")
-HOSTBEGIN = Meta("$[")
-HOSTEND = Meta("$]")
-LOOKUPBEGIN = Meta("$(")
-LOOKUPEND = Meta("$)")
-CONDELSE = Meta("$|")      # the separator Sendmail puts in check_* inputs
-_SIMPLE_META = {"#": CANONNET, "@": CANONHOST, ":": CANONUSER, ">": CALLSUBR,
-                "[": HOSTBEGIN, "]": HOSTEND, "(": LOOKUPBEGIN,
-                ")": LOOKUPEND, "|": CONDELSE, "?": Meta("$?"),
-                ".": Meta("$.")}
-_LHS_META = {"*": ZANY, "+": ANY, "-": ONE}
-_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_FOLD = str.maketrans(_UPPER, _UPPER.lower())
-
-
-def fold(s):
-    """ASCII-only lower case, as Sendmail's case-insensitive compares."""
-    return s.translate(_FOLD)
-
-
-class _Op(Meta):
-    """A compiled placeholder inside a rule: ($1, $=w, $&x, $*, ...)."""
-    __slots__ = ("kind", "arg")
-
-    def __new__(cls, text, kind, arg=None):
-        self = Meta.__new__(cls, text)
-        self.kind, self.arg = kind, arg
-        return self
-
-
-def _name_at(text, j):
-    """A macro/class name at text[j]: one character or {long}.  -> (name, next)"""
-    if j >= len(text):
-        return None, j
-    if text[j] == "{":
-        k = text.find("}", j)
-        if k < 0:
-            return text[j + 1:], len(text)
-        return text[j + 1:k], k + 1
-    return text[j], j + 1
-
-
-def _shown(name):
-    """How Sendmail prints a macro/class name: x or {long}."""
-    name = name or ""
-    return name if len(name) == 1 else "{%s}" % name
-
 
 def _is_meta(tok):
     return isinstance(tok, Meta)
@@ -152,41 +104,11 @@ class Engine:
         self._keys = {}
         self._required = {}
         self._folded = {}
+        self._plain = {}
 
     # ---- compilation -------------------------------------------------
     def _items(self, text, lhs):
-        """Characters and meta tokens of one side of a rule."""
-        out = []
-        i, n = 0, len(text)
-        while i < n:
-            c = text[i]
-            if c != "$" or i + 1 >= n:
-                out.append(c)
-                i += 1
-                continue
-            d = text[i + 1]
-            i += 2
-            if lhs and d in _LHS_META:
-                out.append(_Op("$" + d, _LHS_META[d]))
-            elif lhs and d == "@":
-                out.append(_Op("$@", ZERO))
-            elif d in "=~":
-                name, i = _name_at(text, i)
-                out.append(_Op("$" + d + _shown(name),
-                               CLASS if d == "=" else NCLASS, name or ""))
-            elif d == "&":
-                name, i = _name_at(text, i)
-                out.append(_Op("$&" + _shown(name), DMACRO, name or ""))
-            elif d.isdigit() and not lhs:
-                out.append(_Op("$" + d, "repl", int(d)))
-            elif d in _SIMPLE_META:
-                out.append(_SIMPLE_META[d])
-            elif d == "$":
-                out.append("$")
-            else:
-                name, i = _name_at(text, i - 1)
-                out.extend(self.macros.get(name, ""))
-        return out
+        return rule_items(text, lhs, self.macros)
 
     def _compile(self, number):
         if not self._compiled:
@@ -196,7 +118,9 @@ class Engine:
             for other in self.rulesets:
                 self._compile(other)
         rules = self._compiled.get(number)
-        if rules is None:
+        if rules is None and number in self._plain:
+            rules = self._from_plain(number)
+        elif rules is None:
             rules = []
             for lhs, rhs in self.rulesets.get(number) or ():
                 lt = prescan(self._items(lhs, True), self.operator_chars,
@@ -204,15 +128,33 @@ class Engine:
                 rt = prescan(self._items(rhs, False), self.operator_chars,
                              comments=False, ignore=True).tokens or []
                 rules.append((lt, rt))
+        if number not in self._compiled:
             self._compiled[number] = rules
             # per rule: the literal keys of its LHS (None for operators) and
             # the set of them, which must all be in a list the rule matches
-            keys = [[None if isinstance(t, _Op) else _key(t) for t in lt]
+            keys = [[None if isinstance(t, Op) else _key(t) for t in lt]
                     for lt, rt in rules]
             self._keys[number] = keys
             self._required[number] = [frozenset(k for k in ks if k is not None)
                                       for ks in keys]
         return rules
+
+    def export_compiled(self):
+        """Every ruleset compiled, as plain data (str, tuples) that marshal can store:
+        an operator is (0, text, kind, arg), another meta token (1, text)."""
+        self._compile(None)
+        return {n: [([to_plain(t) for t in lt], [to_plain(t) for t in rt]) for lt, rt in rules]
+                for n, rules in self._compiled.items() if n is not None}
+
+    def import_compiled(self, data):
+        """Take the rules export_compiled() gave (for the same rules, macros and
+        OperatorChars) instead of compiling them; each ruleset is rebuilt on first use."""
+        self._compiled = {None: []}
+        self._plain = dict(data)
+
+    def _from_plain(self, number):
+        return [([from_plain(t) for t in lt], [from_plain(t) for t in rt])
+                for lt, rt in self._plain.pop(number)]
 
     def rules(self, ruleset):
         """The compiled rules of a ruleset: [(lhs tokens, rhs tokens)], the
@@ -275,7 +217,7 @@ class Engine:
             ok = rv < m
             if ok:
                 rp = lhs[rv]
-                kind = rp.kind if isinstance(rp, _Op) else LIT
+                kind = rp.kind if isinstance(rp, Op) else LIT
                 if av >= n and kind not in (ZANY, ZERO):
                     ok = False
                 elif kind == CLASS:
@@ -445,7 +387,7 @@ class Engine:
                 nxt = len(rules)
             npvp = []
             for rp in rvp:
-                if isinstance(rp, _Op) and rp.kind == "repl":
+                if isinstance(rp, Op) and rp.kind == "repl":
                     if rp.arg < 1 or rp.arg > len(binds):
                         self._error("554 5.3.5", "rewrite: ruleset %s: "
                                     "replacement $%d out of bounds"
@@ -453,7 +395,7 @@ class Engine:
                         return EX_CONFIG
                     first, last = binds[rp.arg - 1]
                     npvp.extend(pvp[first:last + 1])
-                elif isinstance(rp, _Op) and rp.kind == DMACRO:
+                elif isinstance(rp, Op) and rp.kind == DMACRO:
                     value = self.macros.get(rp.arg)
                     if value:
                         scan = prescan(value, self.operator_chars)

@@ -190,7 +190,7 @@ class Rules:
     `trace(line)` receives the engine's trace lines (-bt); `complaints` lists
     (line, text) of readcf's problems (class files that cannot be read, options)."""
 
-    def __init__(self, cf, options=None, hostname=None, trace=None):
+    def __init__(self, cf, options=None, hostname=None, trace=None, cache_dir=None):
         from . import maps as maps_mod
         self.cf = cf
         self.options = opts = dict(cf.options)
@@ -248,6 +248,26 @@ class Rules:
         self.colon_ok = opts.get("ColonOkInAddr", "").lower() in ("true", "t", "yes", "y")
         self.must_quote = opts.get("MustQuoteChars", ".'")
         self.on_syserr = lambda: None       # called when a rewrite reports an error
+        if cache_dir is not None:
+            self._use_compiled_cache(cache_dir)
+
+    def _use_compiled_cache(self, cache_dir):
+        """The compiled rules from cache_dir, keyed on the rules, the macros they were
+        compiled with and OperatorChars; compiled and stored there on a miss."""
+        import marshal
+        from .cf_cache import digest, read_blob, write_blob
+        rulesets = {n: [(r.lhs, r.rhs) for r in rs.rules] for n, rs in self.cf.rulesets.items()}
+        key = digest(marshal.dumps((sorted(rulesets.items()), sorted(self.macros.items()),
+                                    self.operator_chars)))
+        where = os.path.join(cache_dir, "rules-%s.cache" % key[:32])
+        data = read_blob(where, key)
+        if data is not None:
+            try:
+                self.engine.import_compiled(data)
+                return
+            except (TypeError, ValueError, IndexError):
+                pass
+        write_blob(where, key, self.engine.export_compiled())
 
     # ---- the environment
     def expand(self, value, depth=0):

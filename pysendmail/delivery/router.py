@@ -96,7 +96,7 @@ def load_rules(layout, options, hostname=None):
             return rules
     stamp = _stamp(layout.cf)
     cf = cfmod.load(layout.cf, cache_dir=getattr(layout, "cache_dir", None))
-    rules = Rules(cf, options, hostname)
+    rules = Rules(cf, options, hostname, cache_dir=getattr(layout, "cache_dir", None))
     stamps = [(layout.cf, stamp)] + [(c.path, _stamp(c.path)) for c in cf.class_files
                                      if not c.path.startswith("|")]
     _LOADED.clear()
