@@ -54,18 +54,17 @@ def read(where, key, path, warn, same_path=True):
     """The CfConfig stored at *where* if it is the compiled form of contents *key*, else
     None.  same_path: the entry must have been made from *path* (the per-path cache);
     a compiled sibling made elsewhere (at build time) takes the cf's path now."""
-    try:
-        with open(where, "rb") as f:
-            magic, version, stored, plain = marshal.loads(f.read())
-        if magic != _MAGIC or version != CACHE_VERSION or stored != key:
-            return None
-        cf = CfConfig.from_plain(plain)
-        if cf.path != path:
-            if same_path:
-                return None
-            cf.path = path
-    except Exception:       # unreadable, truncated, corrupted: parse again
+    plain = read_blob(where, key)
+    if plain is None:
         return None
+    try:
+        cf = CfConfig.from_plain(plain)
+    except Exception:       # a corrupted entry: parse again
+        return None
+    if cf.path != path:
+        if same_path:
+            return None
+        cf.path = path
     if warn is not None:
         for file, line, message, text in cf.warnings:
             warn("%s:%d: %s: %s" % (file, line, message, text))
