@@ -25,19 +25,15 @@ def _hosts_fqdn(short, hosts_file="/etc/hosts"):
 
 
 class Identity:
-    __slots__ = ("w", "j", "m", "local_names", "smart_host")
+    """$j (canonical name), $w (short name), $m (domain) for headers and logs; which names
+    are local ($=w) is decided by the cf's rules (config/rules.py)."""
 
-    def __init__(self, j, smart_host=""):
-        self.smart_host = smart_host
+    __slots__ = ("w", "j", "m")
+
+    def __init__(self, j):
         self.j = j.rstrip(".")
         self.w = self.j.split(".", 1)[0]
         self.m = self.j.split(".", 1)[1] if "." in self.j else ""
-        self.local_names = {self.j.lower(), self.w.lower(), "localhost",
-                            "localhost.localdomain", "[127.0.0.1]", "[ipv6:::1]"}
-
-    def is_local(self, domain):
-        d = domain.lower().rstrip(".")
-        return d == "" or d in self.local_names
 
 
 def detect(cf=None, hosts_file="/etc/hosts"):
@@ -49,17 +45,4 @@ def detect(cf=None, hosts_file="/etc/hosts"):
     if not j:
         node = os.uname().nodename or "localhost"
         j = node if "." in node else (_hosts_fqdn(node, hosts_file) or node)
-    ident = Identity(j, (cf.macros.get("S") or "").strip() if cf is not None else "")
-    if cf is not None:
-        for name in cf.class_w:
-            ident.local_names.add(name.lower())
-        for path in cf.class_w_files:
-            try:
-                with open(path, "rb") as f:
-                    for line in f.read().decode("utf-8", "replace").splitlines():
-                        line = line.split("#", 1)[0].strip()
-                        if line:
-                            ident.local_names.add(line.lower())
-            except OSError:
-                pass
-    return ident
+    return Identity(j)

@@ -47,20 +47,19 @@ def check_name(name):
 
 
 class CfQuick:
-    """What a quick scan of the cf found: options, macros, class w entries."""
+    """What a quick scan of the cf found: options and macros."""
 
-    __slots__ = ("path", "options", "macros", "class_w", "class_w_files")
+    __slots__ = ("path", "options", "macros")
 
     def __init__(self, path):
         self.path = path
         self.options = {}
         self.macros = {}
-        self.class_w = []
-        self.class_w_files = []
 
 
 def read_quick(path):
-    """Scan a cf for O, D and Cw/Fw lines. Missing file: Sendmail's message, exit 72."""
+    """Scan a cf for O and D lines (the local host names, $=w, are the cf rules' business:
+    config/rules.py). Missing file: Sendmail's message, exit 72."""
     cf = CfQuick(path)
     try:
         with open(path, "rb") as f:
@@ -68,7 +67,7 @@ def read_quick(path):
     except OSError as e:
         raise ConfigError("%s: line 0: cannot open: %s" % (path, e.strerror), EX_OSFILE)
     for raw in data.split(b"\n"):
-        if not raw or raw[:1] not in (b"O", b"D", b"C", b"F"):
+        if not raw or raw[:1] not in (b"O", b"D"):
             continue
         line = raw.decode("utf-8", "surrogateescape").rstrip("\r")
         tag = line[0]
@@ -82,13 +81,6 @@ def read_quick(path):
             else:
                 name, value = line[1], line[2:]
             cf.macros[name] = value
-        elif tag == "C" and line[1:2] == "w":
-            cf.class_w.extend(line[2:].split())
-        elif tag == "F" and line[1:2] == "w":
-            target = line[2:].strip()
-            if target.startswith("-o"):
-                target = target[2:].strip()
-            cf.class_w_files.append(target.split()[0] if target else "")
     return cf
 
 

@@ -24,16 +24,15 @@ from ..errors import AddressError
 
 # How -bv and the logs name our mailers.
 MAILER_NAMES = {"file": "*file*", "include": "*include*"}
-LOCAL_AGENT_MAILERS = ("local", "prog", "file")
 
 
 class RouteContext:
     """What the router needs: the instance's paths and options, the host identity, a
-    log callback; `local_names` are added to $=w; `rules` a ready config.rules.Rules
-    (else the cf at layout.cf is loaded on first use)."""
+    log callback; `local_names` are added to $=w.  The cf at layout.cf is loaded on
+    first use."""
 
     def __init__(self, layout, options, ident=None, log=None, no_alias=False,
-                 local_names=(), rules=None):
+                 local_names=()):
         self.layout = layout
         self.options = dict(options or {})
         self.ident = ident
@@ -41,7 +40,7 @@ class RouteContext:
         self.no_alias = no_alias
         self.messages = []
         self._local_names = list(local_names)
-        self._rules = rules
+        self._rules = None
         self._routes = {}
         self.hostname = ident.j if ident is not None else None
 
@@ -102,11 +101,6 @@ def load_rules(layout, options, hostname=None):
     _LOADED.clear()
     _LOADED[key] = (rules, stamps)
     return rules
-
-
-def host_of(target, ctx=None):
-    """The destination host ruleset 0 chose for a target ("" for local mailers)."""
-    return target.host or ""
 
 
 def display_mailer(name):
