@@ -9,8 +9,9 @@ model changes):
   imports the parser for it;
 * `cache_dir/cf-<sha256 of the absolute path>.cache`, written by cf.load() on a miss
   (the instance's state/cache directory), for any other cf;
-* `cache_dir/rules-<key>.cache`: the rewriting rules compiled (config/rules.py), keyed
-  on the rules, the macros they were compiled with and OperatorChars.
+* `cache_dir/rules-<sha256 of the absolute path>.cache`: the cf's rewriting rules
+  compiled (config/rules.py), keyed on the rules, the macros they were compiled with
+  and OperatorChars.
 
 Keying on the contents is safer than size + mtime: an edit within the same second and a
 file replaced by one of the same size are both seen.  A hit hashes the cf (about 0.2 ms
@@ -39,10 +40,11 @@ def digest(data):
     return _sha256(data).hexdigest()
 
 
-def cache_file(path, cache_dir):
-    """Where cf.load() keeps the compiled form of the cf at path."""
+def cache_file(path, cache_dir, kind="cf"):
+    """Where the compiled form of the cf at path is kept: kind "cf" (cf.load()) or
+    "rules" (config/rules.py); a changed cf replaces its entries."""
     key = _sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(cache_dir, "cf-%s.cache" % key[:32])
+    return os.path.join(cache_dir, "%s-%s.cache" % (kind, key[:32]))
 
 
 def compiled_file(path):

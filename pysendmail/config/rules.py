@@ -255,19 +255,16 @@ class Rules:
         """The compiled rules from cache_dir, keyed on the rules, the macros they were
         compiled with and OperatorChars; compiled and stored there on a miss."""
         import marshal
-        from .cf_cache import digest, read_blob, write_blob
+        from .cf_cache import cache_file, digest, read_blob, write_blob
         rulesets = {n: [(r.lhs, r.rhs) for r in rs.rules] for n, rs in self.cf.rulesets.items()}
         key = digest(marshal.dumps((sorted(rulesets.items()), sorted(self.macros.items()),
                                     self.operator_chars)))
-        where = os.path.join(cache_dir, "rules-%s.cache" % key[:32])
+        where = cache_file(self.cf.path, cache_dir, "rules")
         data = read_blob(where, key)
         if data is not None:
-            try:
-                self.engine.import_compiled(data)
-                return
-            except (TypeError, ValueError, IndexError):
-                pass
-        write_blob(where, key, self.engine.export_compiled())
+            self.engine.import_compiled(data)
+        else:
+            write_blob(where, key, self.engine.export_compiled())
 
     # ---- the environment
     def expand(self, value, depth=0):
