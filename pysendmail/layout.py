@@ -68,7 +68,7 @@ class Layout:
     __slots__ = (
         "base", "system", "spool", "queue", "maildrop", "mail_dir", "aliases",
         "cf", "log_dir", "log_file", "run_dir", "pid_file", "pickup_socket",
-        "state_dir", "hoststat_dir", "submit_socket", "cache_dir",
+        "state_dir", "hoststat_dir", "submit_socket", "cache_dir", "resolv_confs",
     )
 
     def __init__(self, base, system, spool, mail_dir, aliases, cf, state_dir, run_dir):
@@ -85,6 +85,10 @@ class Layout:
         self.log_file = _join(self.log_dir, "maillog")
         self.hoststat_dir = _join(state_dir, "hoststat")
         self.cache_dir = _join(state_dir, "cache")     # the compiled sendmail.cf
+        # the resolver's configuration: the first that exists (a private instance may
+        # have its own, as a chrooted Postfix has its copy)
+        self.resolv_confs = ("/etc/resolv.conf",) if system else (
+            _join(base, "etc", "resolv.conf"), "/etc/resolv.conf")
         self.run_dir = run_dir
         self.pid_file = _join(run_dir, "sendmail.pid")
         self.pickup_socket = _join(spool, "public", "pickup")

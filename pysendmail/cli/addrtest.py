@@ -47,9 +47,9 @@ def stab_hash(name):
 class AddrTest:
     """One -bt session over a loaded cf."""
 
-    def __init__(self, cf, options, hostname, out, warn=None):
+    def __init__(self, cf, options, hostname, out, warn=None, resolv_confs=("/etc/resolv.conf",)):
         self.cf, self.out, self.status, self.write = cf, out, EX_OK, out.write
-        self.rules = rules = Rules(cf, options, hostname,
+        self.rules = rules = Rules(cf, options, hostname, resolv_confs=resolv_confs,
                                    trace=lambda line: self.write(line + "\n"))
         rules.on_syserr = lambda: self.error(EX_SYSERR)
         self.options, self.macros, self.classes = rules.options, rules.macros, rules.classes
@@ -188,7 +188,11 @@ class AddrTest:
                 self.header = {"h": True, "e": False}.get(c.lower(), self.header)
                 self.sender = {"s": True, "r": False}.get(c.lower(), self.sender)
         elif cmd == "canon":
-            self.write("getcanonname(%s) returns %s\n" % (rest, self.canonify(rest) or rest))
+            try:
+                name = self.canonify(rest)
+            except TempFail:                # the name servers failed: the name unchanged
+                name = None
+            self.write("getcanonname(%s) returns %s\n" % (rest, name or rest))
         elif cmd == "map":
             self.cmd_map(rest)
         else:
@@ -280,9 +284,10 @@ class AddrTest:
         self.write("mailer %s%s, user %s\n" % (p.mailer, hostpart, p.user))
 
 
-def run(cf, options, infile, out, warn=None, hostname=None):
+def run(cf, options, infile, out, warn=None, hostname=None, resolv_confs=("/etc/resolv.conf",)):
     """Run a session over *infile*; returns the exit status."""
-    session = AddrTest(cf, options, hostname or os.uname().nodename, out, warn=warn)
+    session = AddrTest(cf, options, hostname or os.uname().nodename, out, warn=warn,
+                       resolv_confs=resolv_confs)
     out.write(BANNER)
     while True:
         out.write("> ")
@@ -307,4 +312,5 @@ def main(inv, layout, options, ident, log):
     except MTAError as e:
         out.write("%s\n" % e.message)
         return e.status
-    return run(cf, dict(options, **inv.options), sys.stdin, out, lambda m: out.write(m + "\n"))
+    return run(cf, dict(options, **inv.options), sys.stdin, out, lambda m: out.write(m + "\n"),
+               resolv_confs=layout.resolv_confs)

@@ -21,6 +21,7 @@ reading the files the cf names (class files, the hosts file, the service switch,
 """
 import os
 
+from .canon import make_canonify, read_switch, read_table
 from .crackaddr import crackaddr
 from .rewrite import Engine, resolve
 from .tokenize import detokenize, prescan
@@ -34,42 +35,6 @@ BUILTIN_FLAGS = {"prog": "lsouDq9", "*file*": "lsDFMPEouq9", "*include*": "su",
 # buildaddr()'s ErrorCodes: $#error $@ NAME sets the exit status by name.
 ERROR_CODES = {"usage": 64, "nouser": 67, "nohost": 68, "unavailable": 69,
                "software": 70, "tempfail": 75, "protocol": 76, "config": 78}
-
-
-def read_table(path, quiet=False):
-    """A text file's lines as lists of words, `#` comments dropped; OSError or [] (quiet)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        if quiet:
-            return []
-        raise
-    return [w for w in (ln.split("#", 1)[0].split() for ln in data.splitlines()) if w]
-
-
-def make_canonify(hosts_file):
-    """getcanonname() over a hosts file: the first name of the line naming the host (or
-    the [address]), else None; canonify.hostent(name): (name, aliases, IPv4 addresses)."""
-    names, addrs, lines = {}, {}, read_table(hosts_file, quiet=True)
-    for parts in lines:
-        if len(parts) > 1:
-            addrs.setdefault(parts[0].lower(), parts[1])
-            for n in parts[1:]:
-                names.setdefault(n.lower(), parts[1])
-
-    def hostent(name):
-        rows = [r for r in lines if ":" not in r[0] and name.lower() in
-                (n.lower() for n in r[1:])]
-        return rows and (rows[0][1], [a for r in rows for a in r[2:]], [r[0] for r in rows])
-
-    def canonify(host):
-        if host.startswith("[") and host.endswith("]"):
-            a = host[1:-1].lower()
-            return addrs.get(a[5:] if a.startswith("ipv6:") else a)
-        return names.get(host.lower().rstrip("."))
-    canonify.hostent = hostent
-    return canonify
 
 
 def interface_addresses():
@@ -152,7 +117,9 @@ class Parsed:
     failure), `host` (None without $@), `user`.  For an error: `problem` is the text
     buildaddr reports ("Cannot parse", "buildaddr: unknown mailer X", or the $: text),
     `reply` the SMTP reply ("553 5.3.0 text"), `status` the DSN status, `exit` the
-    sysexits code, `temporary` True for a 4xx.  `kind` says which: "ok", "unparsable"
+    sysexits code, `temporary` True for a 4xx, or (kind "ok") when a map failed for now
+    while rewriting (Sendmail queues such an address and parses it again later).  `kind`
+    says which: "ok", "unparsable"
     (prescan found no tokens), "syserr" (a configuration error: no or an unknown mailer)
     or "error" (the $#error mailer)."""
 
@@ -190,16 +157,16 @@ class Rules:
     `trace(line)` receives the engine's trace lines (-bt); `complaints` lists
     (line, text) of readcf's problems (class files that cannot be read, options)."""
 
-    def __init__(self, cf, options=None, hostname=None, trace=None, cache_dir=None):
+    def __init__(self, cf, options=None, hostname=None, trace=None, cache_dir=None,
+                 resolv_confs=("/etc/resolv.conf",)):
         from . import maps as maps_mod
         self.cf = cf
         self.options = opts = dict(cf.options)
         opts.update(options or {})
         self.operator_chars = opts.get("OperatorChars") or ".:%@!^/[]+"
         self.spacesub = opts.get("BlankSub") or " "
-        self.canonify = make_canonify(opts.get("HostsFile") or "/etc/hosts")
-        rows = read_table(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch", True)
-        self.services = {r[0].rstrip(":"): r[1:] for r in rows}
+        self.services = read_switch(opts.get("ServiceSwitchFile") or "/etc/mail/service.switch")
+        self.canonify = make_canonify(opts, self.services, resolv_confs)
         self.macros = dict(cf.macros)
         hostname = hostname or os.uname().nodename
         # myhostname(): the host's entry names it, with its aliases and addresses, in $=w

@@ -392,6 +392,10 @@ class _Expander:
         p = self.ctx.route(route)
         if p.kind != "ok":
             return self.add(parsed_error(route, p, parent, errors_to))
+        if p.temporary:     # a map (the host map: DNS) failed for now: route it again later
+            return self.add(Target(route, "error", route, parent=parent, status="4.4.3",
+                                   diag="451 4.4.3 %s... Host map lookup failed for now"
+                                   % route, errors_to=errors_to))
         if p.mailer == "local":
             return self.local(p.user, route, depth, chain, owner, errors_to, noalias)
         if p.mailer in ("prog", "*file*", "*include*"):

@@ -55,7 +55,8 @@ class RouteContext:
             if self._local_names:       # a private copy: the shared one stays as loaded
                 from ..config import cf as cfmod
                 from ..config.rules import Rules
-                self._rules = Rules(cfmod.load(self.layout.cf), self.options, self.hostname)
+                self._rules = Rules(cfmod.load(self.layout.cf), self.options, self.hostname,
+                                    resolv_confs=self.layout.resolv_confs)
                 self._rules.add_class("w", self._local_names)
             else:
                 self._rules = load_rules(self.layout, self.options, self.hostname)
@@ -95,7 +96,8 @@ def load_rules(layout, options, hostname=None):
             return rules
     stamp = _stamp(layout.cf)
     cf = cfmod.load(layout.cf, cache_dir=getattr(layout, "cache_dir", None))
-    rules = Rules(cf, options, hostname, cache_dir=getattr(layout, "cache_dir", None))
+    rules = Rules(cf, options, hostname, cache_dir=getattr(layout, "cache_dir", None),
+                  resolv_confs=layout.resolv_confs)
     stamps = [(layout.cf, stamp)] + [(c.path, _stamp(c.path)) for c in cf.class_files
                                      if not c.path.startswith("|")]
     _LOADED.clear()
