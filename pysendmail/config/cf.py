@@ -529,16 +529,11 @@ def load(path, warn=None, cache_dir=None):
     cache_dir) when that was made from the same contents, else parsed (and then cached
     when cache_dir is given)."""
     data = _read(path)
-    key = cf_cache.digest(data)
-    cf = cf_cache.read(cf_cache.compiled_file(path), key, path, warn, same_path=False)
-    if cf is not None or cache_dir is None:
-        return cf if cf is not None else parse_text(_decode(data), path, warn)
-    where = cf_cache.cache_file(path, cache_dir)
-    cf = cf_cache.read(where, key, path, warn)
-    if cf is not None:
-        return cf
-    cf = parse_text(_decode(data), path, warn)
-    cf_cache.write(where, key, cf)
+    cf = cf_cache.lookup(path, data, cache_dir, warn)
+    if cf is None:
+        cf = parse_text(_decode(data), path, warn)
+        if cache_dir is not None:
+            cf_cache.write(cf_cache.cache_file(path, cache_dir), cf_cache.digest(data), cf)
     return cf
 
 

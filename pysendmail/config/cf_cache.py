@@ -52,6 +52,16 @@ def compiled_file(path):
     return path + ".compiled"
 
 
+def lookup(path, data, cache_dir=None, warn=None):
+    """The compiled form of the cf at *path* whose contents are *data*: `<path>.compiled`,
+    then the cache in cache_dir; None when neither was made from these contents."""
+    key = digest(data)
+    cf = read(compiled_file(path), key, path, warn, same_path=False)
+    if cf is None and cache_dir is not None:
+        cf = read(cache_file(path, cache_dir), key, path, warn)
+    return cf
+
+
 def read(where, key, path, warn, same_path=True):
     """The CfConfig stored at *where* if it is the compiled form of contents *key*, else
     None.  same_path: the entry must have been made from *path* (the per-path cache);

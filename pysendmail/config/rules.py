@@ -22,7 +22,6 @@ reading the files the cf names (class files, the hosts file, the service switch,
 import os
 
 from .canon import make_canonify, read_switch, read_table
-from .crackaddr import crackaddr
 from .rewrite import Engine, resolve
 from .tokenize import detokenize, prescan
 
@@ -404,7 +403,11 @@ class Rules:
         address in its bare form); rcode is 75 when a map failed temporarily, else 0."""
         rs = self.mailer_rw(mailer, sender, header)
         self.macros["addr_type"] = ("h " if header else "e ") + ("s" if sender else "r")
-        fancy = "$g" if canonical else crackaddr(addr, self.must_quote, self.colon_ok)
+        if canonical:
+            fancy = "$g"
+        else:
+            from .crackaddr import crackaddr
+            fancy = crackaddr(addr, self.must_quote, self.colon_ok)
         toks = self.tokens(addr, True).tokens
         if toks is None:
             return addr, 0

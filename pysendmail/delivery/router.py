@@ -86,7 +86,7 @@ def load_rules(layout, options, hostname=None):
     """The Rules of the instance's cf (layout.cf): the compiled form comes from the cache
     when the file is unchanged, and a process reuses its Rules until the cf or a class
     file it reads changes.  A broken cf raises CfError (exit 78; 72 when missing)."""
-    from ..config import cf as cfmod
+    from ..config import cf_cache
     from ..config.rules import Rules
     key = (layout.cf, hostname, tuple(sorted((options or {}).items())))
     held = _LOADED.get(key)
@@ -95,8 +95,16 @@ def load_rules(layout, options, hostname=None):
         if all(_stamp(path) == stamp for path, stamp in stamps):
             return rules
     stamp = _stamp(layout.cf)
-    cf = cfmod.load(layout.cf, cache_dir=getattr(layout, "cache_dir", None))
-    rules = Rules(cf, options, hostname, cache_dir=getattr(layout, "cache_dir", None),
+    cache_dir = getattr(layout, "cache_dir", None)
+    try:
+        with open(layout.cf, "rb") as f:
+            cf = cf_cache.lookup(layout.cf, f.read(), cache_dir)
+    except OSError:
+        cf = None
+    if cf is None:          # not compiled yet, or unreadable: the parser says why
+        from ..config import cf as cfmod
+        cf = cfmod.load(layout.cf, cache_dir=cache_dir)
+    rules = Rules(cf, options, hostname, cache_dir=cache_dir,
                   resolv_confs=layout.resolv_confs)
     stamps = [(layout.cf, stamp)] + [(c.path, _stamp(c.path)) for c in cf.class_files
                                      if not c.path.startswith("|")]
