@@ -214,8 +214,9 @@ def test_mx_without_name_server(simple_cf, tmp_path):
     switch = tmp_path / "switch"
     switch.write_text("hosts dns files\n")
     buf = io.StringIO()
+    # a resolver with no name server configured (no resolv.conf): the lookup fails
     addrtest.run(simple_cf, {"ServiceSwitchFile": str(switch)}, io.StringIO("/mx example.com\n"),
-                 buf, hostname="mail.example.com")
+                 buf, hostname="mail.example.com", resolv_confs=(str(tmp_path / "none"),))
     assert buf.getvalue().endswith("> getmxrr(example.com) returns -1 value(s):\n> ")
 
 

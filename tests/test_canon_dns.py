@@ -218,3 +218,13 @@ def test_shipped_cf_asks_no_dns_for_remote_names(sm_bin, tmp_path, dns_server):
     assert "mailer esmtp, host alias.example.test, user user@alias.example.test" in \
         p.stdout.decode()
     assert dns_server.queries == []
+
+
+def test_mx_lookup_in_address_test_mode(sm_bin, tmp_path, dns_server):
+    inst = Instance(sm_bin, tmp_path / "i", dns_server)
+    p = inst.run(["-bt"], input=b"/mx mxonly.example.test\n/mx mail.example.test\n"
+                                b"/mx nx.example.test\n")
+    assert p.stdout.decode().split("\n", 2)[2] == (
+        "> getmxrr(mxonly.example.test) returns 1 value(s):\n\treal.example.test\n"
+        "> getmxrr(mail.example.test) returns 1 value(s):\n\tmail.example.test\n"
+        "> getmxrr(nx.example.test) returns -1 value(s):\n> ")

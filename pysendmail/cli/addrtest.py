@@ -200,12 +200,16 @@ class AddrTest:
 
     def cmd_mx(self, host):
         """getmxrr(): without "dns" for hosts in the service switch Sendmail does not use
-        the name server and answers with the host itself; with it, no name server is asked
-        here (none is reachable in a test), which is Sendmail's failed lookup: -1."""
-        if "dns" not in self.services.get("hosts", ["dns"]):
-            self.write("getmxrr(%s) returns 1 value(s):\n\t%s\n" % (host, host))
-        else:
+        the name server and answers with the host itself; with it, the MX records by
+        preference (the host itself when it has none), -1 when the name does not exist
+        or the name servers failed."""
+        dns = self.canonify.dns
+        hosts = [host] if dns is None else dns.mx(host)
+        if hosts is None:
             self.write("getmxrr(%s) returns -1 value(s):\n" % host)
+            return
+        self.write("getmxrr(%s) returns %d value(s):\n" % (host, len(hosts))
+                   + "".join("\t%s\n" % h for h in hosts))
 
     def cmd_map(self, rest):
         name, sep, key = rest.partition(" ")

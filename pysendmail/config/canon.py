@@ -21,7 +21,8 @@ option, default /etc/mail/service.switch; without that file Sendmail's own order
           (accepted), use_inet6, HasWildcardMX, WorkAroundBrokenAAAA; the timeouts are
           Timeout.resolver.retrans (default 5s) and Timeout.resolver.retry (default 4).
 
-`canonify.hostent(name)` is the files service's view of a name (its canonical name,
+`canonify.dns.mx(host)` is getmxrr() for -bt's /mx.  `canonify.hostent(name)` is the
+files service's view of a name (its canonical name,
 aliases and IPv4 addresses), which myhostname() uses for $w, $j and $=w.  dnspython is
 imported on the first DNS lookup only.
 """
@@ -156,6 +157,21 @@ class Dns:
             raise TempFail(host)
         return None
 
+    def mx(self, host):
+        """Sendmail's getmxrr(): the MX hosts of *host* by preference (names without the
+        trailing dot), [host] when the name exists without MX records, None when it
+        does not exist or the name servers failed."""
+        import dns.exception
+        import dns.resolver
+        try:
+            answer = self.resolver().resolve(host.rstrip(".") + ".", "MX", search=False)
+        except dns.resolver.NoAnswer:
+            return [host]
+        except dns.exception.DNSException:
+            return None
+        records = sorted((r.preference, str(r.exchange).rstrip(".").lower()) for r in answer)
+        return [name for _pref, name in records]
+
 
 def make_canonify(options, services=None, resolv_confs=("/etc/resolv.conf",)):
     """canonify(host) -> canonical name or None (see the module docstring)."""
@@ -186,4 +202,5 @@ def make_canonify(options, services=None, resolv_confs=("/etc/resolv.conf",)):
 
     canonify.hostent = hosts.hostent
     canonify.services = services
+    canonify.dns = dns_service      # None when the switch has no dns: -bt's /mx
     return canonify
