@@ -13,11 +13,32 @@ a dict of decoded parameters keyed by upper-case name:
 `ext` says which extensions are offered (an object with the attributes
 `max_size`, `eightbitmime`, `smtputf8`, `dsn`, `auth_param`). Every failure raises
 `ReplyError` carrying Sendmail 8.17's reply (srvrsmtp.c: skipword,
-mail_esmtp_args, rcpt_esmtp_args; parseaddr's "Unbalanced" family). Pure code.
+mail_esmtp_args, rcpt_esmtp_args; parseaddr's "Unbalanced" family).
+
+Length limits (RFC 5321 4.5.3.1, octets of UTF-8), read from `ext` (0 = none):
+`max_path` counts the angle brackets ("553 5.1.0 Address "..." too long (256
+bytes max)", Sendmail's parseaddr wording); `max_local_part` ("553 5.1.7
+(sender) / 5.1.3 (recipient) <addr>... Local part of address "..." too long (64
+bytes max)"); `max_domain`, 255 when `ext` does not say ("553 5.1.8 / 5.1.2
+<addr>... Domain of address "..." too long (255 bytes max)"). The RFC makes
+these the sizes a server must accept, not must refuse past ("implementation
+techniques that impose no limits ... should be used"): the core's defaults
+refuse only domains no DNS can hold.
+
+DSN (RFC 3461): ENVID at most 100 characters, ORCPT at most 500, each parameter
+at most once ("501 5.5.0 Duplicate X parameter"); ORCPT's utf-8 type takes
+RFC 6533 \\x{HEX} escapes of Unicode scalar values only (no surrogates, no
+controls, nothing past U+10FFFF).
+Pure code.
 """
 from .smtp_reply import Reply, show
 
 MAX_PARAMS = 18          # Sendmail: MAXSMTPARGS (20) less the address and the NULL
+MAX_PATH = 256           # RFC 5321 4.5.3.1.3, "<" and ">" included
+MAX_LOCAL_PART = 64      # RFC 5321 4.5.3.1.1
+MAX_DOMAIN = 255         # RFC 5321 4.5.3.1.2 (and RFC 1035's limit on a name)
+MAX_ENVID = 100          # RFC 3461 4.4
+MAX_ORCPT = 500          # RFC 3461 4.2
 
 
 class ReplyError(Exception):
@@ -76,7 +97,10 @@ def _unitext_decode(value):
             if not hexpart or len(hexpart) > 6 or any(
                     x not in "0123456789ABCDEFabcdef" for x in hexpart):
                 return None
-            out.append(chr(int(hexpart, 16)))
+            point = int(hexpart, 16)
+            if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF or point < 0x20:
+                return None
+            out.append(chr(point))
             i = end + 1
         elif value[i] == "+":
             h = value[i + 1:i + 3]
@@ -84,7 +108,8 @@ def _unitext_decode(value):
                 return None
             out.append(chr(int(h, 16)))
             i += 3
-        elif value[i] < "!" or value[i] == "=" or value[i] == "\x7f":
+        elif value[i] < "!" or value[i] == "=" or value[i] == "\x7f" or (
+                "\ud800" <= value[i] <= "\udfff"):
             return None
         else:
             out.append(value[i])
@@ -114,7 +139,8 @@ def skip_word(text, word):
 
 
 def scan_path(text):
-    """Split `text` into (raw address, bare path, rest of line).
+    """Split `text` into (raw address, bare path, rest of line, path as written
+    between the brackets, source route included).
 
     The address ends at the first blank outside <>, quotes and comments. Errors
     read as Sendmail's parseaddr: `553 5.0.0 <bad<addr>... Unbalanced '<'`.
@@ -165,6 +191,7 @@ def scan_path(text):
     if depth:
         raise _addr_err(raw, "Unbalanced '<'")
     bare = raw[start + 1:end] if start >= 0 else raw
+    path = bare
     if bare.startswith("@"):
         # RFC 5321 4.1.2 source route: "@a,@b:user@c" -> "user@c"
         colon = bare.find(":")
@@ -173,7 +200,34 @@ def scan_path(text):
     for c in raw:
         if c < " " or c == "\x7f":
             raise _addr_err(raw, "Illegal character in address", "5.1.3")
-    return raw, bare.strip(), text[i:].lstrip(" \t")
+    return raw, bare.strip(), text[i:].lstrip(" \t"), path
+
+
+def _octets(text):
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def check_lengths(raw, bare, path, ext, sender):
+    """RFC 5321 4.5.3.1.1-3 as `ext` sets them (0 = no limit): the path between
+    the angle brackets (source route included) plus 2, the local part, the domain."""
+    max_path = getattr(ext, "max_path", 0)
+    if max_path and _octets(path) + 2 > max_path:
+        raise _err(553, "5.1.0", "Address \"%s\" too long (%d bytes max)"
+                   % (show(raw), max_path))
+    at = bare.rfind("@")
+    if at < 0:
+        return
+    local, domain = bare[:at], bare[at + 1:]
+    max_local = getattr(ext, "max_local_part", 0)
+    if max_local and _octets(local) > max_local:
+        raise _err(553, "5.1.7" if sender else "5.1.3",
+                   "%s... Local part of address \"%s\" too long (%d bytes max)"
+                   % (show(raw), show(local), max_local))
+    max_domain = getattr(ext, "max_domain", MAX_DOMAIN)
+    if max_domain and _octets(domain) > max_domain:
+        raise _err(553, "5.1.8" if sender else "5.1.2",
+                   "%s... Domain of address \"%s\" too long (%d bytes max)"
+                   % (show(raw), show(domain), max_domain))
 
 
 def _blank(text, i):
@@ -203,6 +257,8 @@ def _split_params(rest):
 def _size(value, params, ext):
     if value is None:
         raise _err(501, "5.5.2", "SIZE requires a value")
+    if "SIZE" in params:
+        raise _err(501, "5.5.0", "Duplicate SIZE parameter")
     if not value.isdigit() or not value.isascii():
         raise _err(552, "5.2.3", "Message size invalid")
     size = int(value)
@@ -217,6 +273,8 @@ def _size(value, params, ext):
 def _body(value, params, ext):
     if value is None:
         raise _err(501, "5.5.2", "BODY requires a value")
+    if "BODY" in params:
+        raise _err(501, "5.5.0", "Duplicate BODY parameter")
     upper = value.upper()
     if upper not in ("7BIT", "8BITMIME") or (upper == "8BITMIME" and not ext.eightbitmime):
         raise _err(501, "5.5.4", "Unknown BODY type %s" % show(value))
@@ -228,7 +286,7 @@ def _envid(value, params, ext):
         raise _err(504, "5.7.0", "Sorry, ENVID not supported, we do not allow DSN")
     if value is None:
         raise _err(501, "5.5.2", "ENVID requires a value")
-    if not xtext_ok(value) or len(value) > 100:
+    if not xtext_ok(value) or len(value) > MAX_ENVID:
         raise _err(501, "5.5.4", "Syntax error in ENVID parameter value")
     if "ENVID" in params:
         raise _err(501, "5.5.0", "Duplicate ENVID parameter")
@@ -270,6 +328,8 @@ def _notify(value, params, ext):
         raise _err(504, "5.7.0", "Sorry, NOTIFY not supported, we do not allow DSN")
     if value is None:
         raise _err(501, "5.5.2", "NOTIFY requires a value")
+    if "NOTIFY" in params:
+        raise _err(501, "5.5.0", "Duplicate NOTIFY parameter")
     words = value.upper().split(",")
     if words == ["NEVER"]:
         params["NOTIFY"] = "NEVER"
@@ -290,7 +350,8 @@ def _orcpt(value, params, ext):
         raise _err(501, "5.5.0", "Duplicate ORCPT parameter")
     kind, semi, addr = value.partition(";")
     bad = _err(501, "5.5.4", "Syntax error in ORCPT parameter value")
-    if not semi or not kind or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in kind):
+    if len(value) > MAX_ORCPT or not semi or not kind or not all(
+            c.isascii() and (c.isalnum() or c in "-_.") for c in kind):
         raise bad
     if kind.lower() == "utf-8":
         decoded = _unitext_decode(addr)
@@ -333,7 +394,8 @@ def _check_utf8(raw, params):
 def parse_mail_args(text, ext):
     """`text` is what follows the MAIL verb: " FROM:<a@b> SIZE=10"."""
     rest = skip_word(text, "from")
-    raw, bare, rest = scan_path(rest)
+    raw, bare, rest, path = scan_path(rest)
+    check_lengths(raw, bare, path, ext, True)
     params = _apply(MAIL_PARAMS, rest, ext)
     _check_utf8(raw, params)
     return raw, bare, params
@@ -342,9 +404,10 @@ def parse_mail_args(text, ext):
 def parse_rcpt_args(text, ext, smtputf8=False):
     """`text` is what follows the RCPT verb; `smtputf8` whether MAIL asked for it."""
     rest = skip_word(text, "to")
-    raw, bare, rest = scan_path(rest)
+    raw, bare, rest, path = scan_path(rest)
     if not bare:
         raise _err(501, "5.0.0", "Missing recipient")
+    check_lengths(raw, bare, path, ext, False)
     params = _apply(RCPT_PARAMS, rest, ext)
     _check_utf8(raw, {"SMTPUTF8": smtputf8})
     return raw, bare, params

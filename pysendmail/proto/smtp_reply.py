@@ -4,12 +4,27 @@
 RFC 3463 enhanced status code (or None: EHLO/HELO/greeting lines carry none in
 Sendmail), and one line of text or a list of lines. `Reply.to_bytes()` gives
 the CRLF-terminated wire form ("250-..." continuation lines, "250 ..." last).
+A reply line is at most 512 octets, CRLF included (RFC 5321 4.5.3.1.5): a
+longer text is cut there, never inside a UTF-8 sequence.
 
 The functions below build the replies whose wording follows Sendmail 8.17's
 srvrsmtp.c, so that both the core (which rejects bad syntax and bad sequence
 itself) and the drivers (which answer accepted commands) say the same thing.
 Pure code: no I/O, no imports beyond the standard language.
 """
+
+
+MAX_REPLY_LINE = 512     # RFC 5321 4.5.3.1.5, CRLF included
+
+
+def _cut(line, room):
+    """`line` (bytes) cut to at most `room` octets, at a UTF-8 character start."""
+    if len(line) <= room:
+        return line
+    end = room
+    while end > 0 and (line[end] & 0xC0) == 0x80:
+        end -= 1
+    return line[:end]
 
 
 class Reply:
@@ -57,12 +72,12 @@ class Reply:
             line = str(line).replace("\r", " ").replace("\n", " ")
             sep = " " if i == last else "-"
             if self.enhanced and enhanced:
-                out.append("%d%s%s %s\r\n" % (self.code, sep, self.enhanced, line))
-            elif line:
-                out.append("%d%s%s\r\n" % (self.code, sep, line))
+                head = ("%d%s%s " % (self.code, sep, self.enhanced)).encode("ascii", "replace")
             else:
-                out.append("%d%s\r\n" % (self.code, sep))
-        return "".join(out).encode("utf-8", "surrogateescape")
+                head = b"%d%s" % (self.code, sep.encode())
+            body = line.encode("utf-8", "surrogateescape")
+            out.append(head + _cut(body, MAX_REPLY_LINE - 2 - len(head)) + b"\r\n")
+        return b"".join(out)
 
     def __str__(self):
         return self.to_bytes().decode("utf-8", "replace").rstrip("\r\n")

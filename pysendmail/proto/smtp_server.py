@@ -83,11 +83,12 @@ class ServerConfig:
 
     def __init__(self, hostname="localhost", *, max_size=0, pipelining=True,
                  eightbitmime=True, smtputf8=True, dsn=True, chunking=True,
-                 enhancedstatuscodes=True, help=True, expn=False, starttls=False,
+                 enhancedstatuscodes=True, help=True, expn=False, novrfy=False,
+                 noexpn=False, starttls=False,
                  tls_required=False, auth_mechanisms=(), auth_requires_tls=True,
                  auth_required=False, helo_required=False, max_rcpts=0,
                  max_command_line=512, max_text_line=1000, bare_lf_commands=True,
-                 strict_pipelining=False):
+                 strict_pipelining=False, max_path=0, max_local_part=0, max_domain=255):
         self.hostname = hostname
         self.max_size = max_size
         self.pipelining = pipelining
@@ -97,7 +98,14 @@ class ServerConfig:
         self.chunking = chunking
         self.enhancedstatuscodes = enhancedstatuscodes
         self.help = help
-        self.expn = expn
+        # `expn` only says whether EHLO lists EXPN. Vrfy/Expn events go to the
+        # driver (whose answers default to 252 / 502, see smtp_reply); with
+        # Sendmail's PrivacyOptions novrfy / noexpn the core answers them itself:
+        # "252 2.5.2 Cannot VRFY user; ..." / "502 5.7.0 Sorry, we do not allow
+        # this operation", and the driver never sees the argument.
+        self.expn = expn and not noexpn
+        self.novrfy = novrfy
+        self.noexpn = noexpn
         self.starttls = starttls
         self.tls_required = tls_required
         self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
@@ -108,6 +116,10 @@ class ServerConfig:
         self.max_command_line = max_command_line
         self.max_text_line = max_text_line
         self.bare_lf_commands = bare_lf_commands
+        # RFC 5321 4.5.3.1 path limits in octets, 0 = none (see smtp_params).
+        self.max_path = max_path
+        self.max_local_part = max_local_part
+        self.max_domain = max_domain
         # Sendmail 8.18 / Debian's 8.17.1.9-2+deb12u2: input sent before the reply to
         # HELO/EHLO/DATA is an "SMTP protocol error"; the session then refuses
         # everything but NOOP, RSET and QUIT ("550 5.0.0 Command rejected").
@@ -424,11 +436,16 @@ class SMTPServerConnection:
     def _cmd_vrfy(self, verb, arg):
         if not arg:
             raise _r(501, "5.5.2", "Argument required")
+        if self.config.novrfy:
+            raise _r(252, "2.5.2", "Cannot VRFY user; try RCPT to attempt delivery "
+                     "(or try finger)")
         return ev.Vrfy(arg)
 
     def _cmd_expn(self, verb, arg):
         if not arg:
             raise _r(501, "5.5.2", "Argument required")
+        if self.config.noexpn:
+            raise _r(502, "5.7.0", "Sorry, we do not allow this operation")
         return ev.Expn(arg)
 
     def _cmd_help(self, verb, arg):
