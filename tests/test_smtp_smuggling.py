@@ -321,7 +321,7 @@ def test_path_limits_when_configured():
     d.feed(b"MAIL FROM:<a@x>\r\n")
     assert d.lines(b"RCPT TO:<" + b"r" * 65 + b"@y>\r\n")[0].startswith("553 5.1.3 ")
     # a source route counts towards the path
-    route = b"@" + b"r" * 120 + b",@" + b"s" * 120 + b":u@y"
+    route = b"@" + b"r" * 130 + b",@" + b"s" * 130 + b":u@y"     # 269 octets
     assert d.lines(b"RCPT TO:<" + route + b">\r\n")[0].startswith("553 5.1.0 Address")
     assert d.lines(b"RCPT TO:<u@y>\r\n") == ["250 2.1.5 <u@y>... Recipient ok"]
 
