@@ -434,6 +434,10 @@ def test_password_file_reads_and_rereads(tmp_path):
     _write(path, "alice:%s\n" % auth.make_hash("new", ln=10))
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert pf.check("alice", "new") and not pf.check("bob", "pw6")
+    os.unlink(path)
+    with pytest.raises(auth.AuthConfigError):
+        pf.check("alice", "new")
+    assert pf.check_loaded("alice", "new") and not pf.check_loaded("alice", "pwA")
 
 
 def test_unsafe_password_files_are_refused(tmp_path):

@@ -223,6 +223,11 @@ class PasswordFile:
     def check(self, user, password):
         """Is `password` right for `user`? Raises AuthConfigError if the file is unusable."""
         self.load()
+        return self.check_loaded(user, password)
+
+    def check_loaded(self, user, password):
+        """`check` against the entries last loaded, without looking at the file (for a
+        process that can no longer open it); an unknown user costs the same work."""
         stored = self.users.get(user)
         if stored is None:
             verify_hash(password, _dummy_hash())
