@@ -178,6 +178,7 @@ class Logger:
         self._sock = None
         self._sock_pid = None
         self._stream = False
+        self._held_fd = None   # keep_open(): the log file opened once, before a privilege drop
 
     # -- the level methods ------------------------------------------------
 
@@ -275,11 +276,33 @@ class Logger:
                     return False
         return False
 
+    def keep_open(self):
+        """Open the log file now and write every later file line through that descriptor:
+        for a process about to give up the privilege of opening it (the SMTP workers).
+        The syslog socket, when there is one, is connected now for the same reason."""
+        if self.syslog_socket and self._syslog_available():
+            self._connect()
+        if not self.log_file or self._held_fd is not None:
+            return
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            os.makedirs(os.path.dirname(self.log_file), mode=0o750, exist_ok=True)
+            self._held_fd = os.open(self.log_file, flags, 0o640)
+        except OSError:
+            self._held_fd = None
+
     def _append(self, line):
         if not self.log_file:
             self.lost += 1
             return
         data = line.encode("utf-8", "surrogateescape")
+        if self._held_fd is not None:
+            try:
+                os.write(self._held_fd, data)
+                return
+            except OSError:
+                self.lost += 1
+                return
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             try:

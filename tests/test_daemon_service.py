@@ -47,7 +47,14 @@ class Daemon:
         self.pid_file = os.path.join(inst.path, "run", "sendmail.pid")
         self.socket = os.path.join(inst.path, "spool", "public", "pickup")
         self.log = os.path.join(inst.path, "state", "log", "maillog")
-        argv = _no_syslog([inst.command(), "-bD", "-q1m"] + list(extra))
+        # The SMTP listener on a free loopback port (the default 127.0.0.1:2525 may be taken).
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.smtp_port = probe.getsockname()[1]
+        probe.close()
+        argv = _no_syslog([inst.command(), "-bD", "-q1m", "-O",
+                           "DaemonPortOptions=Port=%d,Addr=127.0.0.1" % self.smtp_port]
+                          + list(extra))
         self.proc = subprocess.Popen(argv, env=inst.env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         ok = wait_for(lambda: os.path.exists(self.pid_file) and os.path.exists(self.socket)

@@ -9,7 +9,7 @@ runs and belongs to the caller, a submission is handed to it over its socket
 import posix
 import sys
 
-SUBCOMMANDS = ("install", "uninstall", "launchers")
+SUBCOMMANDS = ("install", "uninstall", "launchers", "passwd")
 
 
 def _out(text, fd=1):
@@ -24,6 +24,9 @@ def main(argv=None):
         if args and args[0] == "launchers":
             from . import launchers
             return launchers.main(args[1:])
+        if args and args[0] == "passwd":
+            from . import saslpasswd
+            return saslpasswd.main(args[1:])
         if args and args[0] in SUBCOMMANDS:
             from . import install
             return install.main([args[0]] + args[1:])

@@ -37,6 +37,7 @@ UserDatabaseSpec Verbose XscriptFileBufferSize CipherList ServerSSLOptions Clien
 SSLEngine SSLEngineePath TLSFallbacktoClear UseCompressedIPv6Addresses MaxNOOPCommands
 HeaderCheckTimeout QueueFileMode DeliveryMode LogLevel MailboxFormat MaildirPath
 QueueForeground QueueGroup LocalDomains AliasDatabase QueueInterval
+DaemonWorkers AuthPasswordFile ClientRate ClientConn
 """.split())
 
 

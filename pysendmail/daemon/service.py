@@ -1,10 +1,12 @@
 """The long-running service: `sendmail -bD` (foreground, for systemd), `-bd` (detached),
 or `-q30m` alone (a detached periodic queue runner, as in Sendmail).
 
-Today it runs the pickup and queue-runner roles: it wakes when a submitter pokes
-the pickup socket (a datagram on <spool>/public/pickup) and at least every queue
-interval, moves maildrop files into the queue and delivers what is due. The SMTP
-listeners join this loop when the SMTP daemon lands.
+It runs the pickup and queue-runner roles: it wakes when a submitter (or an SMTP
+worker, after a commit) pokes the pickup socket (a datagram on <spool>/public/pickup)
+and at least every queue interval, moves maildrop files into the queue and delivers
+what is due. With -bd/-bD it also runs the SMTP daemon: daemon.smtp_master binds the
+listeners and keeps the SMTP worker processes running (they drop privileges; this
+loop stays root for queue runs and local delivery).
 
 Queue runs happen in a child process, one at a time, so the loop keeps taking
 submissions on the submit socket (cli.relay) while mail is delivered.
@@ -44,6 +46,15 @@ class Service:
         self.runner = 0          # pid of the queue-run child, 0 when none runs
         self.rerun = False
         self.submitters = set()  # pids of children serving other users' submissions
+        self.smtp = None         # daemon.smtp_master.SMTPMaster with -bd/-bD
+        self.smtp_generation = None
+
+    def prepare_smtp(self):
+        """-bd/-bD: bind the SMTP listeners and load what the workers need, before the
+        service detaches, so that a bad configuration is told to whoever started it."""
+        from .smtp_master import SMTPMaster
+        self.smtp = SMTPMaster(self.inv, self.layout, self.options, self.ident, self.log)
+        self.smtp_generation = self.smtp.prepare()
 
     def _bind(self):
         import _socket
@@ -103,8 +114,11 @@ class Service:
             cf = optmod.read_quick(self.inv.cf or self.layout.cf)
             options = dict(cf.options)
             options.update(self.inv.options)
+            ident = identity.detect(cf)
+            if self.smtp is not None and not self.smtp.reload(options, ident):
+                return
             self.options = options
-            self.ident = identity.detect(cf)
+            self.ident = ident
             self.interval = _interval(self.inv, options)
             self.log.info(None, "restarting %s due to signal" % (self.inv.cf or self.layout.cf))
         except MTAError as e:
@@ -144,6 +158,9 @@ class Service:
             if pid == 0:
                 break
             self.submitters.discard(pid)
+            if self.smtp is not None and self.smtp.owns(pid):
+                self.smtp.reaped(pid, os.waitstatus_to_exitcode(_))
+                continue
             if pid == self.runner:
                 self.runner = 0
                 if self.rerun:
@@ -221,6 +238,9 @@ class Service:
             signal.signal(sig, self._on_signal)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)   # wakes select()
         self._bind()
+        if self.smtp is not None:
+            self.smtp.start(self.smtp_generation)
+            self.smtp_generation = None
         self._write_pid()
         self.log.info(None, "starting daemon (pysendmail): queueing@%ds" % self.interval)
         next_run = 0
@@ -264,6 +284,8 @@ class Service:
                     if time.monotonic() >= next_run:
                         next_run = time.monotonic() + self.interval
         finally:
+            if self.smtp is not None:
+                self.smtp.stop()
             if self.runner:
                 try:
                     os.waitpid(self.runner, 0)      # let the current run finish its message
@@ -288,6 +310,17 @@ def main(inv, layout, options, ident, log):
         os.write(2, b"sendmail: the daemon of the system instance must run as root\n")
         return 77
     foreground = inv.mode == "D" or options.get("QueueForeground")
+    if inv.mode in ("d", "D"):
+        try:
+            svc.prepare_smtp()
+        except MTAError as e:
+            os.write(2, ("sendmail: %s\n" % e.message).encode("utf-8", "replace"))
+            log.err(None, "daemon not started: %s" % e.message)
+            return e.status
+        except OSError as e:
+            os.write(2, ("sendmail: cannot start the SMTP daemon: %s\n" % e).encode())
+            log.err(None, "daemon not started: %s" % e)
+            return EX_OSERR
     if not foreground:
         pid = os.fork()
         if pid:

@@ -1,0 +1,238 @@
+"""An SMTP worker process: one asyncio loop serving sessions on the daemon's listeners.
+
+The master (daemon.smtp_master) builds one `Worker` with everything loaded (the cf's
+rules, the policy's maps, the TLS context, the password file), binds the listening
+sockets, and forks the workers; each drops to the unprivileged user and runs
+`Worker.serve(sockets)`. What the sessions share lives here: the ServerConfigs per
+listener, the group committer, the connection limits, the client-name cache, the
+timeouts, and the log line of each received message.
+
+Signals in a worker: SIGTERM stops accepting, tells idle sessions "421 4.3.2 Shutting
+down", lets sessions in a transaction finish (at most Timeout.shutdown, default 60s)
+and waits for the last commit; SIGINT the same; SIGHUP is ignored (the master reloads
+by starting new workers and stopping these).
+"""
+import asyncio
+import os
+import signal
+import time
+
+from .. import __version__, dates
+from .. import log as logfmt
+from ..proto.smtp_server import ServerConfig
+from ..queue.spool import Spool
+from .clientname import ClientNames, is_loopback
+from .commit import GroupCommitter
+
+SWEEP_EVERY = 5.0
+
+
+def _seconds(options, name, default):
+    from ..config.options import parse_interval
+    try:
+        return parse_interval(options.get(name) or "", "s") or default
+    except ValueError:
+        return default
+
+
+def _int(options, name, default=0):
+    try:
+        return int(options.get(name) or default)
+    except ValueError:
+        return default
+
+
+class Auth:
+    """The AUTH side the sessions use: SASL exchanges, the password file, the throttle."""
+
+    def __init__(self, passwords, throttle, mechanisms):
+        from ..proto import smtp_sasl
+        from . import auth as authmod
+        self._sasl = smtp_sasl
+        self._authmod = authmod
+        self.passwords = passwords
+        self.throttle = throttle
+        self.mechanisms = mechanisms
+
+    def exchange(self, mechanism, initial):
+        return self._sasl.SaslExchange(mechanism, initial)
+
+    def check(self, user, password):
+        """The file is read again when it changed; a worker that may no longer open it
+        (it dropped privileges) checks against what the master loaded."""
+        try:
+            return self.passwords.check(user, password)
+        except self._authmod.AuthConfigError:
+            if not self.passwords.users:
+                raise
+            return self.passwords.check_loaded(user, password)
+
+    def failure_line(self, mech, user, name, addr, reason=None, detail=None):
+        kw = {}
+        if reason:
+            kw["reason"] = reason
+        if detail:
+            kw["detail"] = detail
+        return self._authmod.auth_failure_line(mech, user, name, addr, **kw)
+
+    def success_line(self, mech, user, name, addr):
+        return self._authmod.auth_success_line(mech, user, name, addr)
+
+
+class Worker:
+    def __init__(self, layout, options, ident, log, policy, listeners, tls_context=None,
+                 auth=None, limits=None, user="", queue_poke=None):
+        self.layout = layout
+        self.options = options
+        self.ident = ident
+        self.log = log
+        self.hostname = ident.j
+        self.policy = policy
+        self.listeners = listeners
+        self.tls_context = tls_context
+        self.auth = auth
+        self.limits = limits if limits is not None and limits.active else None
+        self.user = user or "root"
+        self.queue_poke = queue_poke
+        self.spool = Spool(layout.queue)
+        self.names = ClientNames(options, layout.resolv_confs)
+        self.sessions = set()
+        self.max_headers = _int(options, "MaxHeadersLength", 32768)
+        self.timeout_command = _seconds(options, "Timeout.command", 300)
+        self.timeout_datablock = _seconds(options, "Timeout.datablock", 180)
+        self.timeout_starttls = _seconds(options, "Timeout.starttls", 60)
+        self.timeout_shutdown = _seconds(options, "Timeout.shutdown", 60)
+        self.greeting_text = options.get("SmtpGreetingMessage") or ""
+        self._configs = {}
+        self.committer = None
+        self.auth_executor = None
+        self.servers = []
+        self.stopping = False
+        self.delivery_mode = (options.get("DeliveryMode") or "b")[:1]
+
+    # -- what sessions ask -------------------------------------------------------------------
+    def new_client(self, addr, port, daemon_name):
+        from .policy import ClientInfo
+        return ClientInfo(addr, port, "", daemon_name)
+
+    def config_for(self, listener, addr, tls):
+        """The ServerConfig of a listener, for a loopback client or not (AUTH is offered
+        without TLS only on loopback)."""
+        key = (listener.name, is_loopback(addr))
+        config = self._configs.get(key)
+        if config is None:
+            o = self.options
+            mechanisms = ()
+            if self.auth is not None and listener.auth_offered:
+                mechanisms = self.auth.mechanisms
+            config = ServerConfig(
+                self.hostname, max_size=_int(o, "MaxMessageSize"),
+                starttls=self.tls_context is not None and listener.starttls_offered,
+                auth_mechanisms=mechanisms, auth_requires_tls=not key[1],
+                auth_required=listener.auth_required and bool(mechanisms),
+                max_rcpts=_int(o, "MaxRecipientsPerMessage") or _int(o, "MaxRcptsPerMessage"),
+                expn=False)
+            self._configs[key] = config
+        return config
+
+    def tls_macros(self, ssl_object):
+        from .tls import tls_macros
+        try:
+            return tls_macros(ssl_object)
+        except Exception:
+            return {}
+
+    def greeting(self):
+        from ..proto.smtp_reply import Reply
+        now = time.time()
+        text = self.greeting_text
+        if text:
+            text = text.replace("$j", self.hostname).replace("$v", __version__) \
+                .replace("$Z", __version__).replace("$b", dates.rfc5322(now))
+            if "ESMTP" not in text:
+                first, _, rest = text.partition(" ")
+                text = "%s ESMTP %s" % (first, rest)
+        else:
+            text = "%s ESMTP pysendmail %s; %s" % (self.hostname, __version__,
+                                                   dates.rfc5322(now))
+        return Reply(220, None, text)
+
+    def log_received(self, env, facts, daemon):
+        msgid = env.header("Message-Id")
+        self.log.info(env.qid, logfmt.from_line(
+            env, len(env.recipients), msgid.decode("utf-8", "replace") if msgid else "",
+            relay=facts.relay, proto=facts.protocol, daemon=daemon,
+            bodytype=env.body_type or None))
+
+    # -- running -------------------------------------------------------------------------------
+    def _poke(self, qids):
+        if self.delivery_mode in ("q", "d") or self.queue_poke is None:
+            return
+        self.queue_poke()
+
+    def serve(self, sockets):
+        """Run the loop until SIGTERM; `sockets` is [(ListenerSpec, socket), ...]."""
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        from concurrent.futures import ThreadPoolExecutor
+        self.committer = GroupCommitter(
+            loop, self.layout.queue,
+            super_safe=(self.options.get("SuperSafe") or "true").lower() not in
+            ("false", "f", "no", "0"), on_commit=self._poke,
+            executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit"))
+        if self.auth is not None:
+            self.auth_executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="auth")
+        from .session import SMTPSession
+        for spec, sock in sockets:
+            ssl_ctx = self.tls_context if spec.implicit_tls else None
+            server = loop.run_until_complete(loop.create_server(
+                lambda spec=spec: SMTPSession(self, spec), sock=sock, ssl=ssl_ctx,
+                backlog=spec.backlog,
+                ssl_handshake_timeout=self.timeout_starttls if ssl_ctx else None))
+            self.servers.append(server)
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        loop.call_later(SWEEP_EVERY, self._sweep)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _sweep(self):
+        now = time.monotonic()
+        for s in list(self.sessions):
+            s.timed_out(now)
+        loop = asyncio.get_event_loop()
+        if self.stopping:
+            if (not self.sessions and self.committer.idle) or now > self._stop_by:
+                for s in list(self.sessions):
+                    if s.transport is not None:
+                        s.transport.abort()
+                if self.committer.idle:
+                    loop.stop()
+                    return
+            loop.call_later(0.2, self._sweep)
+            return
+        loop.call_later(SWEEP_EVERY, self._sweep)
+
+    def stop(self):
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop_by = time.monotonic() + self.timeout_shutdown
+        for server in self.servers:
+            server.close()
+        for s in list(self.sessions):
+            s.shut_down()
+        loop = asyncio.get_event_loop()
+        loop.call_soon(self._sweep)
+
+
+def drop_privileges(uid, gid):
+    """Become uid/gid for good (the worker after its sockets are bound)."""
+    if os.geteuid() != 0 or uid == 0:
+        return
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
