@@ -16,8 +16,10 @@ It consumes what it uses from `buf` (a bytearray the connection owns). Rules:
   or a message over `max_size` is read to its end, then refused with
   "554 5.6.0 Line too long" / "552 5.2.3 Message exceeds maximum fixed size (N)"
   (Sendmail collect.c's words for the latter).
-* BDAT octets are taken as sent (RFC 3030: no dot-stuffing, no line checks);
-  a chunk refused up front (no MAIL, no RCPT) is still read, then refused.
+* BDAT octets are taken as sent (RFC 3030: no dot-stuffing, no line checks:
+  a chunk is length-framed, so nothing in it can be smuggled as an end or a
+  command); a chunk refused up front (no MAIL, no RCPT) or past max_size is
+  still read to its end, then refused.
 Pure code.
 """
 from . import smtp_events as ev

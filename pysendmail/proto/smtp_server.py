@@ -27,6 +27,22 @@ RFC 1870/3461/4954 allowance, AUTH responses 12288); text lines in DATA to
 an over-long command line gets "500 5.5.2 Line too long" (Sendmail has no
 words for these; ours). DATA/BDAT framing is in smtp_data, MAIL/RCPT
 arguments in smtp_params, the reply texts in smtp_reply.
+
+BDAT (RFC 3030) chunks are length-framed, so no octet inside one can end it or
+start a command: their octets are opaque, bare CR and LF included (BINARYMIME
+needs that, and Sendmail offers no CHUNKING to copy). Whoever re-sends such a
+message with DATA must dot-stuff and make every line end CRLF first.
+
+What the driver owns: time and I/O. The core never waits, so the driver
+enforces RFC 5321 4.5.3.2 timeouts (e.g. 5 min for a command, 3 min per DATA
+block, 10 min for the final dot; Sendmail's Timeout.command / datablock)
+and, when one fires, writes lost_input()/"421 4.4.2 ... timeout" itself and
+closes. The driver should call next_event() until NEED_DATA after each
+receive_data(), read at most a bounded chunk at a time, and after answering
+StartTls with 220 call tls_started() right after the handshake, before it
+feeds any byte read over TLS. Memory: once NEED_DATA is returned the core
+holds at most one partial line (max_command_line + PARAM_ALLOWANCE,
+AUTH_LINE_MAX when AUTH is offered, max_text_line + 1 in DATA).
 Pure code: imports nothing but its sibling proto modules and binascii.
 """
 import binascii
@@ -226,6 +242,7 @@ class SMTPServerConnection:
         if self._pending is not None:
             raise LocalProtocolError("reply owed to %r" % (self._pending,))
         if self.phase == CLOSED:
+            self._buf.clear()             # what came after QUIT/421/554 is never read
             return ev.ConnectionClosed()
         if self.phase == TLS_HANDSHAKE:
             return NEED_DATA
