@@ -5,9 +5,9 @@ Called by `bench/run` (which checks root, installs the tools and the venv):
     benchmain.py [--rounds N] [--warmup N] [--rss-runs N] [PHASES...]
 
 Phases live in PHASES below: a name -> module with `run(ctx) -> dict` (raw
-data, saved as <phase>.json) and `report(dict) -> markdown`. Adding the SMTP
-accept rate, delivery rate and memory phases means filling in
-phase_future.py's functions or adding a module and one line here.
+data, saved as <phase>.json) and `report(dict) -> markdown`. Adding the
+delivery rate phase means filling in phase_future.py's hook or adding a
+module and one line here.
 
 Each run writes bench/results/<stamp>/: meta.json (machine, versions, git
 commit, load average before/after), <phase>.json (every raw figure),
@@ -26,7 +26,9 @@ sys.path.insert(0, HERE)
 
 import phase_cf  # noqa: E402
 import phase_future  # noqa: E402
+import phase_mem  # noqa: E402
 import phase_profile  # noqa: E402
+import phase_smtp  # noqa: E402
 import phase_submit  # noqa: E402
 import phase_whatif  # noqa: E402
 from target import Venv  # noqa: E402
@@ -37,9 +39,9 @@ PHASES = {
     "whatif": phase_whatif,        # what each part of the submission costs, by removal
     "hyperfine": phase_profile.Hyperfine,   # public-tool cross-check of `submit`
     "cf": phase_cf,                # issue 3: cf parse (cold, cached), rewriting throughput
-    "smtp": phase_future.Smtp,     # later: SMTP accept rate (needs the daemon)
+    "smtp": phase_smtp,            # issue 4: SMTP accept rate vs Postfix smtpd (smtp-source)
+    "mem": phase_mem,              # issue 4: daemon memory idle, 1,000 and 10,000 idle sessions
     "deliver": phase_future.Deliver,   # later: delivery rate
-    "mem": phase_future.Mem,       # later: daemon memory under many connections
 }
 DEFAULT_PHASES = ["submit"]
 
