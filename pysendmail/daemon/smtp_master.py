@@ -111,7 +111,7 @@ class SMTPMaster:
             ctx.rules                    # the cf must load before anything changes
         except MTAError:
             raise
-        policy = Policy(ctx, options, self.log)
+        policy = Policy(ctx, options, None)      # the sessions log rejections (with the qid)
         tls_context = self._tls(options, ident)
         auth = self._auth(options)
         from ..server.limits import ConnectionLimits
@@ -137,6 +137,7 @@ class SMTPMaster:
         worker = Worker(layout, options, ident, self.log, policy, specs, tls_context, auth,
                         limits, user, queue_poke=self._poker())
         worker.uid, worker.gid = uid, gid
+        worker.delivery_mode = (self.inv.delivery_mode or options.get("DeliveryMode") or "b")[:1]
         self._give_queue(uid, gid)
         self.log.keep_open()
         return Generation(worker, sockets, count)

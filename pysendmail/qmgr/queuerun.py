@@ -108,7 +108,8 @@ class QueueRun:
         env.attempts += 1
         env.last_attempt = now
         deferred = failed_now = False
-        self._reroute(env)
+        if self._reroute(env):
+            spool.save(env)     # the routed list is durable before anything is delivered
         for index, rcpt in enumerate(env.recipients):
             if rcpt.final or rcpt.mailer not in LOCAL_MAILERS:
                 if rcpt.mailer == "error" and not rcpt.final:
@@ -157,12 +158,14 @@ class QueueRun:
         return EX_OK
 
     def _reroute(self, env):
-        """Recipients the cf could not route for now (a map's temporary failure, a
-        $#error with a 4.x.x status) are routed again, replaced by what they give."""
-        pending = [r for r in env.recipients
-                   if r.mailer == "error" and r.state == DEFERRED and not r.parent]
+        """Recipients not routed yet (the SMTP daemon queues them as the client gave them:
+        aliases and .forward files are read here, as root) and those the cf could not
+        route for now (a map's temporary failure, a $#error with a 4.x.x status) are
+        routed, replaced by what they give. True when the recipient list changed."""
+        pending = [r for r in env.recipients if not r.parent and not r.final and (
+            r.mailer == "" or (r.mailer == "error" and r.state == DEFERRED))]
         if not pending:
-            return
+            return False
         from ..delivery.router import RouteContext, resolve, to_recipient
         from ..errors import AddressError, ConfigError
         ctx = RouteContext(self.layout, self.options, self.ident,
@@ -175,13 +178,17 @@ class QueueRun:
                 continue
             except ConfigError as e:
                 self.log.err(env.qid, e.message)
-                return
+                return True
             new = [to_recipient(t, r.addr, notify=r.notify, orcpt=r.orcpt)
                    for t in targets if t.mailer != "discard"]
             for n in new:
                 n.attempts = r.attempts
+            for t in targets:
+                if t.mailer == "discard":
+                    self.log.info(env.qid, "%s... discarded" % (t.address or r.addr))
             at = env.recipients.index(r)
             env.recipients[at:at + 1] = new
+        return True
 
     def deliver_followups(self, spool):
         """Deliver the DSNs this run queued (a bounce should not wait for the next run)."""

@@ -513,7 +513,7 @@ class Policy:
     def client_may_relay(self, client):
         """Loopback, authenticated, in $=w or relay-domains (address or name), or
         Connect:...RELAY."""
-        if is_loopback(client.addr) or client.auth_type:
+        if addr_macro(client.addr) in ("127.0.0.1", "IPv6:::1") or client.auth_type:
             return True
         a = addr_macro(client.addr)
         local = self.local_names()

@@ -35,7 +35,7 @@ class SMTPSession(asyncio.Protocol):
     __slots__ = ("w", "listener", "transport", "conn", "client", "deadline", "incoming",
                  "sender", "mail_params", "rcpts", "discard", "waiting", "counted",
                  "sasl", "closing", "paused_writing", "tls_macros", "last_block",
-                 "mail_raw")
+                 "mail_raw", "discard_all")
 
     def __init__(self, worker, listener):
         self.w = worker
@@ -52,6 +52,7 @@ class SMTPSession(asyncio.Protocol):
         self.paused_writing = False
         self.tls_macros = {}
         self.last_block = 0
+        self.discard_all = False
         self._reset()
 
     def _reset(self):
@@ -237,10 +238,15 @@ class SMTPSession(asyncio.Protocol):
         w = self.w
         if kind is ev.Greeting:
             verdict = w.policy.check_connect(self.client)
-            if verdict.reply is not None:
+            if verdict.discard:
+                self.discard_all = True
+            reply = verdict.reply
+            if reply is not None and reply.code >= 400:
                 self._log_reject("check_relay", self.client.name or "[%s]" % self.client.addr,
-                                 verdict.reply)
-                return verdict.reply
+                                 reply)
+                if reply.code >= 500:       # RFC 5321 3.1: 554 greeting, then only QUIT
+                    reply = Reply(554, reply.enhanced, reply.text)
+                return reply
             return w.greeting()
         if kind is ev.Helo:
             self.client.helo = event.name
@@ -308,7 +314,7 @@ class SMTPSession(asyncio.Protocol):
         self.sender = sender
         self.mail_raw = event.raw
         self.mail_params = event.params
-        self.discard = verdict.discard
+        self.discard = verdict.discard or self.discard_all
         return verdict.reply or R.sender_ok(event.raw)
 
     def _rcpt(self, event):
