@@ -2,10 +2,11 @@
 
 tree(pid) walks /proc/*/stat (the ppid field) and returns the pid and all its
 descendants (a forking server's children: Postfix's smtpd/qmgr/pickup under
-its master, a daemon's per-connection or queue-run children). memory(pids)
-sums VmRSS (/proc/PID/status) and Pss (/proc/PID/smaps_rollup: shared pages
-divided among the processes that map them, so the sum counts them once) and
-names the processes (comm) with their counts.
+its master, a daemon's workers and queue-run children). memory(pids) sums
+VmRSS (/proc/PID/status: pages shared between forked processes are counted in
+each), Pss (/proc/PID/smaps_rollup: shared pages divided among the processes
+that map them, so the sum counts them once) and USS (private pages), and names
+the processes (comm) with their counts and the largest ones.
 
 Read-only: it only reads /proc; a process that exits while it is read is
 skipped.
@@ -47,33 +48,41 @@ def tree(root_pid):
     return sorted(out)
 
 
-def _field_kb(path, key):
+def _fields_kb(path, keys):
+    """{key: KiB} for the lines of a /proc file that start with one of keys."""
+    out = {}
     try:
         with open(path) as f:
             for line in f:
-                if line.startswith(key):
-                    return int(line.split()[1])
+                k = line.split(":", 1)[0]
+                if k in keys:
+                    out[k] = int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return out
 
 
-def memory(pids):
-    """{'procs', 'rss_kb', 'pss_kb', 'names': {comm: count}} summed over pids."""
-    rss = pss = n = 0
-    names = {}
+def memory(pids, detail=12):
+    """{'procs', 'rss_kb', 'pss_kb', 'uss_kb', 'names': {comm: count}, 'top': [...]} summed over
+    pids; USS = Private_Clean + Private_Dirty (what the process alone holds); `top` lists
+    the `detail` largest processes by RSS (pid, comm, rss_kb, pss_kb, uss_kb)."""
+    rss = pss = uss = n = 0
+    names, each = {}, []
     for pid in pids:
-        r = _field_kb(f"/proc/{pid}/status", "VmRSS:")
+        r = _fields_kb(f"/proc/{pid}/status", ("VmRSS",)).get("VmRSS")
         if r is None:
             continue
-        p = _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+        roll = _fields_kb(f"/proc/{pid}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty"))
+        p = roll.get("Pss", 0)
+        u = roll.get("Private_Clean", 0) + roll.get("Private_Dirty", 0)
         st = _stat(pid)
+        comm = st[0] if st else "?"
         n += 1
-        rss += r
-        pss += p or 0
-        if st:
-            names[st[0]] = names.get(st[0], 0) + 1
-    return {"procs": n, "rss_kb": rss, "pss_kb": pss, "names": names}
+        rss, pss, uss = rss + r, pss + p, uss + u
+        names[comm] = names.get(comm, 0) + 1
+        each.append({"pid": pid, "comm": comm, "rss_kb": r, "pss_kb": p, "uss_kb": u})
+    each.sort(key=lambda e: -e["rss_kb"])
+    return {"procs": n, "rss_kb": rss, "pss_kb": pss, "uss_kb": uss, "names": names, "top": each[:detail]}
 
 
 def sample(root_pid):
