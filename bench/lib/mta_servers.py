@@ -255,6 +255,8 @@ class PysendmailDaemon(_Server):
                      *extra_args]
         self.proc = None
         self.cf_check = None
+        self.log_summaries = []
+        self.kicks = []
 
     # -- the instance's configuration -------------------------------------------------------
     def shipped_cf(self):
@@ -332,12 +334,61 @@ class PysendmailDaemon(_Server):
     def remaining(self):
         return self.inst.queued() + len(self.inst._files(self.inst.maildrop))
 
+    def drain(self, timeout=30.0, poll=0.05, stall=5.0):
+        """As _Server.drain, but when the count has not moved for `stall` seconds (messages
+        the daemon left in its queue until the next queue interval), start one queue run
+        (`sendmail -q`, the administrator's command) and keep waiting; each kick is
+        recorded (time, messages left, their queue files) for the report."""
+        t0 = time.monotonic()
+        left = last = self.remaining()
+        moved, kicked = t0, False
+        while left and time.monotonic() - t0 < timeout:
+            time.sleep(poll)
+            left = self.remaining()
+            now = time.monotonic()
+            if left != last:
+                last, moved = left, now
+            elif not kicked and now - moved > stall:
+                kicked = True
+                stuck = sorted(self.inst._files(self.inst.queue, ("qf", "hf", "tf", "Qf")))[:5]
+                r = subprocess.run([self.venv.sendmail, "-q"], env=self.inst.env, cwd="/", capture_output=True,
+                                   text=True, timeout=120)
+                self.kicks.append({"at": time.strftime("%H:%M:%S"), "left": left, "files": stuck,
+                                   "exit": r.returncode, "stderr": r.stderr[-300:]})
+                left = self.remaining()
+        return left == 0, time.monotonic() - t0, left
+
     def stop(self):
         _stop_popen(self.proc)
+        if self.proc is not None:
+            self.log_summaries.append(self.maillog_summary())
         self.proc = None
+
+    def maillog_summary(self, keep=40):
+        """What the instance's maillog says about this start: messages received (from=
+        lines), recipients discarded, and the first `keep` other lines (warnings, errors,
+        deferrals); the full list of other lines is appended to the daemon's stderr log."""
+        received = discarded = 0
+        other = []
+        try:
+            with open(self.inst.log_file, errors="replace") as f:
+                for line in f:
+                    if ": from=<" in line:
+                        received += 1
+                    elif line.rstrip().endswith("... discarded"):
+                        discarded += 1
+                    else:
+                        other.append(line.rstrip())
+        except OSError as e:
+            other.append(f"(maillog not readable: {e})")
+        if other and self.log_path != os.devnull:
+            with open(self.log_path, "a") as f:
+                f.write("--- maillog lines other than from=/discarded:\n" + "\n".join(other) + "\n")
+        return {"received": received, "discarded": discarded, "other_lines": len(other), "other": other[:keep]}
 
     def describe(self):
         return {"key": self.key, "label": self.label, "target": self.target(), "argv": self.argv,
+                "maillog": self.log_summaries, "queue_run_kicks": self.kicks,
                 "env": {"PYSENDMAIL_ROOT": self.root}, "cf": self.cf, "cf_rule": DISCARD_RULE,
                 "cf_options_added": LA_LIFT.split("\n")[:2], "cf_check": self.cf_check,
                 "pysendmail": self.venv.pysendmail_version()}

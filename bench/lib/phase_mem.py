@@ -43,7 +43,7 @@ def settings():
         "runs": int(os.environ.get("BENCH_MEM_RUNS", 3)),
         "conns": [int(x) for x in os.environ.get("BENCH_MEM_CONNS", "1000,10000").split(",") if x.strip()],
         "rate": float(os.environ.get("BENCH_MEM_RATE", 2000)),
-        "deadline": float(os.environ.get("BENCH_MEM_DEADLINE", 10)),
+        "deadline": float(os.environ.get("BENCH_MEM_DEADLINE", 8)),
         "settle": float(os.environ.get("BENCH_MEM_SETTLE", 2)),
         "hold": float(os.environ.get("BENCH_MEM_HOLD", 3)),
         "max_seconds": float(os.environ.get("BENCH_MEM_MAX_SECONDS", 300)),
