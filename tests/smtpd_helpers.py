@@ -43,10 +43,17 @@ def no_syslog(argv):
             'mount --bind /dev/null /dev/log && exec "$0" "$@"'] + argv
 
 
-def banner_ready(port, addr="127.0.0.1"):
+def banner_ready(port, addr="127.0.0.1", tls=False):
     try:
         with socket.create_connection((addr, port), timeout=2) as s:
             s.settimeout(2)
+            if tls:
+                import ssl
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                with ctx.wrap_socket(s, server_hostname="localhost") as t:
+                    return t.recv(512).startswith(b"220")
             return s.recv(512).startswith(b"220")
     except OSError:
         return False
@@ -67,7 +74,9 @@ class SMTPDaemon:
         self.proc = subprocess.Popen(argv, env=inst.env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         if wait_banner:
-            ok = wait_for(lambda: banner_ready(self.port) or self.proc.poll() is not None, 15)
+            tls = "s" in modifiers
+            ok = wait_for(lambda: banner_ready(self.port, tls=tls) or self.proc.poll() is not None,
+                          15)
             if not ok or self.proc.poll() is not None:
                 out, err = self.stop()
                 pytest.fail("daemon did not start: status %r\n%r\n%r\n%s" % (

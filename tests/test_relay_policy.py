@@ -142,7 +142,8 @@ BATTERY = [
     ("u@example.org", "auth", RELAY),
     ("u@example.org", "connrelay", RELAY),
     ("u@example.org", "rdclient", RELAY),
-    ("u@example.org", "unresolved", DENIED),
+    ("u@example.org", "unresolved", "550 5.7.1 <u@example.org>... Relaying denied. "
+                                    "IP name lookup failed [192.0.2.200]"),
     ("U@EXAMPLE.ORG.", "ext", DENIED),
     ("u%example.org@mail.example.com", "ext", DENIED),    # %-hack
     ("u%example.org%mail.example.com@mail.example.com", "ext", DENIED),

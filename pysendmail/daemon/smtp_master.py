@@ -111,12 +111,16 @@ class SMTPMaster:
             ctx.rules                    # the cf must load before anything changes
         except MTAError:
             raise
-        policy = Policy(ctx, options, None)      # the sessions log rejections (with the qid)
         tls_context = self._tls(options, ident)
         auth = self._auth(options)
-        from ..server.limits import ConnectionLimits
+        if auth is not None:            # the policy words its relay refusal for AUTH
+            options["AuthMechanisms"] = " ".join(auth.mechanisms)
+        policy = Policy(ctx, options, None)      # the sessions log rejections (with the qid)
+        from ..server.limits import ConnectionLimits, SharedAuthThrottle
         os.makedirs(layout.run_dir, 0o755, exist_ok=True)
         limits = ConnectionLimits(options, lock_dir=layout.run_dir)
+        if auth is not None:
+            auth.throttle = SharedAuthThrottle(limits)
         sockets = []
         for spec in specs:
             key = (spec.name, spec.bind_address(), spec.port, spec.family, count)

@@ -34,6 +34,9 @@ _GLOBAL = struct.Struct("=iii")
 # Per-worker open-session counts (so a dead worker's sessions can be given back).
 MAX_WORKERS = 64
 _WORKER = struct.Struct("=i")
+# AUTH failures per client address: key, window start (s), failures in the window.
+AUTH_SLOTS = 4096
+_AUTH = struct.Struct("=Qii")
 
 
 def _key(addr):
@@ -65,9 +68,11 @@ class ConnectionLimits:
             self.window = max(parse_interval(options.get("ConnectionRateWindowSize") or "60s"), 1)
         except ValueError:
             self.window = 60
-        size = _GLOBAL.size + MAX_WORKERS * _WORKER.size + SLOTS * _SLOT.size
+        size = _GLOBAL.size + MAX_WORKERS * _WORKER.size + SLOTS * _SLOT.size \
+            + AUTH_SLOTS * _AUTH.size
         self.mem = mmap.mmap(-1, size)           # MAP_SHARED | MAP_ANONYMOUS: fork shares it
         self._base = _GLOBAL.size + MAX_WORKERS * _WORKER.size
+        self._auth_base = self._base + SLOTS * _SLOT.size
         fd, path = tempfile.mkstemp(prefix=".limits.", dir=lock_dir)
         os.unlink(path)
         self.lock_fd = fd
@@ -168,3 +173,53 @@ class ConnectionLimits:
                         _SLOT.pack_into(self.mem, at, k, 0, start, count)
         finally:
             self._unlock()
+
+
+class SharedAuthThrottle:
+    """AUTH failures per client address, counted over all workers (the same interface as
+    server.auth.AuthThrottle): after `max_failures` in `window` seconds a client may not
+    try again until the window has passed."""
+
+    def __init__(self, limits, max_failures=3, window=300):
+        self.limits = limits
+        self.max_failures = max_failures
+        self.window = int(window)
+
+    def _slot(self, addr, create):
+        mem, key = self.limits.mem, _key(addr)
+        now = int(time.time())
+        for i in range(PROBE):
+            at = self.limits._auth_base + ((key + i) % AUTH_SLOTS) * _AUTH.size
+            k, start, count = _AUTH.unpack_from(mem, at)
+            if k == key:
+                if now - start >= self.window:
+                    start, count = now, 0
+                return at, key, start, count
+            if create and (k == 0 or now - start >= self.window):
+                return at, key, now, 0
+        return None
+
+    def allowed(self, addr):
+        slot = self._slot(addr, False)
+        return slot is None or slot[3] < self.max_failures
+
+    def failed(self, addr):
+        lim = self.limits
+        lim._lock()
+        try:
+            slot = self._slot(addr, True)
+            if slot is not None:
+                at, key, start, count = slot
+                _AUTH.pack_into(lim.mem, at, key, start, count + 1)
+        finally:
+            lim._unlock()
+
+    def succeeded(self, addr):
+        lim = self.limits
+        lim._lock()
+        try:
+            slot = self._slot(addr, False)
+            if slot is not None:
+                _AUTH.pack_into(lim.mem, slot[0], slot[1], int(time.time()), 0)
+        finally:
+            lim._unlock()

@@ -562,7 +562,22 @@ class Policy:
             return None
         if self.client_may_relay(client):
             return None
-        return Verdict(Reply(550, "5.7.1", prefix + self.relay_text), relay=True)
+        return Verdict(self.relay_denied(client, prefix), relay=True)
+
+    def relay_denied(self, client, prefix):
+        """m4's Basic_check_rcpt words: with AUTH, "Proper authentication required.";
+        else after {client_resolve}: TEMP 450, FORGED/FAIL name the client."""
+        text = self.relay_text
+        if text == "Relaying denied":
+            resolve = client.resolve or ("OK" if client.name else "FAIL")
+            if resolve == "TEMP":
+                return Reply(450, "4.4.0", prefix + "Relaying temporarily denied. Cannot "
+                             "resolve PTR record for " + addr_macro(client.addr))
+            if resolve == "FORGED":
+                text += ". IP name possibly forged " + self.client_name(client)
+            elif resolve == "FAIL":
+                text += ". IP name lookup failed " + self.client_name(client)
+        return Reply(550, "5.7.1", prefix + text)
 
     # ---- recipient(): what delivery would refuse anyway
     def recipient(self, p, relay, prefix):

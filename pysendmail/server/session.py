@@ -35,7 +35,7 @@ class SMTPSession(asyncio.Protocol):
     __slots__ = ("w", "listener", "transport", "conn", "client", "deadline", "incoming",
                  "sender", "mail_params", "rcpts", "discard", "waiting", "counted",
                  "sasl", "closing", "paused_writing", "tls_macros", "last_block",
-                 "mail_raw", "discard_all")
+                 "mail_raw", "discard_all", "_log_id")
 
     def __init__(self, worker, listener):
         self.w = worker
@@ -53,6 +53,7 @@ class SMTPSession(asyncio.Protocol):
         self.tls_macros = {}
         self.last_block = 0
         self.discard_all = False
+        self._log_id = None
         self._reset()
 
     def _reset(self):
@@ -160,6 +161,18 @@ class SMTPSession(asyncio.Protocol):
             return "[unknown]"
         from .auth import relay_field
         return relay_field(c.name, c.addr)
+
+    @property
+    def log_id(self):
+        """The id log lines of this session carry before a message has its queue id (a
+        Sendmail-style id, which fail2ban's sendmail filters expect after "sendmail[pid]: ")."""
+        if self.incoming is not None:
+            return self.incoming.qid
+        if self._log_id is None:
+            from ..queue.spool import make_qid
+            self._log_id = make_qid(time.time(), os.getpid(),
+                                    int.from_bytes(os.urandom(2), "big") % 3600)
+        return self._log_id
 
     def _resume(self):
         self.waiting = False
@@ -292,11 +305,11 @@ class SMTPSession(asyncio.Protocol):
             return self._auth(event)
         return Reply(502, "5.5.1", "Command not implemented")
 
-    def _log_reject(self, ruleset, arg, reply, qid=""):
+    def _log_reject(self, ruleset, arg, reply, qid=None):
         from .auth import reject_line
         text = "%d %s%s" % (reply.code, reply.enhanced + " " if reply.enhanced else "",
                             " ".join(reply.lines))
-        self.w.log.notice(qid, reject_line(ruleset, arg, self.client.name, self.client.addr,
+        self.w.log.notice(qid or self.log_id, reject_line(ruleset, arg, self.client.name, self.client.addr,
                                            text))
 
     def _mail(self, event):
@@ -321,8 +334,7 @@ class SMTPSession(asyncio.Protocol):
         w = self.w
         verdict = w.policy.check_rcpt(self.client, self.sender, event.addr, event.params)
         if verdict.reply is not None and verdict.reply.code >= 400:
-            self._log_reject("check_rcpt", "<%s>" % event.addr, verdict.reply,
-                             self.incoming.qid if self.incoming else "")
+            self._log_reject("check_rcpt", "<%s>" % event.addr, verdict.reply)
             return verdict.reply
         if verdict.discard:
             self.discard = True
@@ -460,7 +472,7 @@ class SMTPSession(asyncio.Protocol):
             job.add_done_callback(lambda f: self._auth_checked(f, sasl, step.authcid))
             return None
         auth.throttle.failed(addr)
-        w.log.warning("", auth.failure_line(mech, getattr(step, "user", None) or "",
+        w.log.warning(self.log_id, auth.failure_line(mech, getattr(step, "user", None) or "",
                                               self.client.name, addr,
                                               reason=getattr(step, "reason", None),
                                               detail=getattr(step, "detail", None)))
@@ -485,7 +497,7 @@ class SMTPSession(asyncio.Protocol):
                 w.log.info("", auth.success_line(mech, user, self.client.name, addr))
             else:
                 auth.throttle.failed(addr)
-                w.log.warning("", auth.failure_line(mech, user, self.client.name, addr))
+                w.log.warning(self.log_id, auth.failure_line(mech, user, self.client.name, addr))
             reply = sasl.finish(ok)
         if self.conn is None or self.transport is None or self.transport.is_closing():
             return

@@ -21,7 +21,7 @@ from .. import __version__, dates
 from .. import log as logfmt
 from ..proto.smtp_server import ServerConfig
 from ..queue.spool import Spool
-from .clientname import ClientNames, is_loopback
+from .clientname import ClientNames
 from .commit import GroupCommitter
 
 SWEEP_EVERY = 5.0
@@ -118,7 +118,7 @@ class Worker:
     def config_for(self, listener, addr, tls):
         """The ServerConfig of a listener, for a loopback client or not (AUTH is offered
         without TLS only on loopback)."""
-        key = (listener.name, is_loopback(addr))
+        key = (listener.name, addr in ("127.0.0.1", "::1"))    # this host itself
         config = self._configs.get(key)
         if config is None:
             o = self.options
