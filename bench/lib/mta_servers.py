@@ -314,7 +314,8 @@ class PysendmailDaemon(_Server):
             code = self.proc.poll()
             self.stop()
             tail = open(self.log_path, errors="replace").read()[-1200:] if os.path.exists(self.log_path) else ""
-            raise RuntimeError(f"the pysendmail daemon did not {'answer a 220 banner' if probe == 'banner' else 'listen'} on port {self.port} "
+            what = "answer a 220 banner" if probe == "banner" else "listen"
+            raise RuntimeError(f"the pysendmail daemon did not {what} on port {self.port} "
                                f"within {timeout:.0f} s ({'exit ' + str(code) if code is not None else 'still running'})"
                                f": {tail.strip()}")
         self.banner = line

@@ -298,7 +298,7 @@ def report(data):
         cmd = " ".join(source_argv(_Fake(d), "S", "M", "SIZE"))
         how = {"postfix": f"private Postfix, `postfix -c {d.get('config')}`; master.cf adds "
                           f"`{(d.get('master_cf_extra') or '').strip()}`; main.cf adds "
-                          f"`{'; '.join(ln for ln in (d.get('main_cf_extra') or '').splitlines() if not ln.startswith('#'))}`",
+                          f"`{'; '.join(ln for ln in (d.get('main_cf_extra') or '').splitlines() if ln[:1] != '#')}`",
                "pysendmail": f"`PYSENDMAIL_ROOT={d.get('env', {}).get('PYSENDMAIL_ROOT')} "
                              f"{' '.join(d.get('argv') or [])}`, cf `{d.get('cf')}` (shipped cf + "
                              f"`{d.get('cf_rule')}` in ParseLocal + {', '.join(d.get('cf_options_added') or [])}; "
