@@ -12,6 +12,7 @@ ours (a Berkeley DB file from Sendmail). Last, the sorted_index API itself and t
 alias database, which shares the format, still read the same.
 """
 import os
+import time
 import stat
 import subprocess
 
@@ -325,6 +326,8 @@ def test_rebuild_is_seen_by_an_open_map(sm_bin, src):
     reader = m._index
     assert makemap(sm_bin, ["hash", src], b"info@example.com jane\nnew@example.com x\n"
                    ).returncode == 0
+    assert m.lookup("info@example.com", []) == "joe"     # files are looked at once a second
+    time.sleep(maps.RECHECK + 0.05)
     assert m.lookup("info@example.com", []) == "jane"
     assert m.lookup("new@example.com", []) == "x"
     assert reader.fd is None                 # the old file was closed, not leaked
@@ -332,6 +335,7 @@ def test_rebuild_is_seen_by_an_open_map(sm_bin, src):
     os.unlink(src + ".db")
     with open(src, "w") as f:
         f.write("info@example.com\tfrom-text\n")
+    time.sleep(maps.RECHECK + 0.05)
     assert m.lookup("info@example.com", []) == "from-text"
 
 

@@ -28,6 +28,9 @@ changes.
 """
 
 import os
+from time import monotonic as _monotonic
+
+RECHECK = 1.0    # seconds a map file's state is trusted before it is looked at again
 
 
 class TempFail(Exception):
@@ -279,6 +282,7 @@ class FileMap(Map):
         self.path = path
         self._stamp = None
         self._table = {}
+        self._loaded_until = 0.0    # _load: trusted until then (RECHECK)
 
     def source(self):
         return self.path
@@ -300,6 +304,10 @@ class FileMap(Map):
         return table
 
     def _load(self):
+        now = _monotonic()
+        if now < self._loaded_until:
+            return
+        self._loaded_until = now + RECHECK
         path = self.source()
         try:
             st = os.stat(path)
@@ -337,6 +345,7 @@ class HashMap(FileMap):
         super().__init__(name, flags, path)
         self._index = None          # an open sorted_index.Reader
         self._foreign = None        # stat stamp of a .db that is not ours
+        self._fresh_until = 0.0     # _reader: the files were looked at; next look after this
 
     def base(self):
         path = self.path or ""
@@ -350,7 +359,12 @@ class HashMap(FileMap):
 
     def _reader(self):
         """The open index of <file>.db, re-opened if the file changed; None when
-        there is no usable one (then the text source is read)."""
+        there is no usable one (then the text source is read). A long-running process
+        (the SMTP daemon) looks at the files at most once a second, not per lookup."""
+        now = _monotonic()
+        if now < self._fresh_until:
+            return self._index
+        self._fresh_until = now + RECHECK
         from . import sorted_index
         idx = self._index
         if idx is not None and not idx.changed():

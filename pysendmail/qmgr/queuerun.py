@@ -144,7 +144,7 @@ class QueueRun:
         self._expire(env, now)
         self._send_dsns(env, spool)
         if env.done:
-            spool.remove(qid)
+            spool.remove(qid, len(env.recipients))
         else:
             pending_local = [r for r in env.recipients
                              if not r.final and r.mailer in LOCAL_MAILERS + ("error",)]

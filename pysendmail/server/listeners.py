@@ -158,6 +158,17 @@ def bind(spec, copies=1):
     with SO_REUSEPORT). Raises OSError."""
     family = socket.AF_INET6 if spec.family == "inet6" else socket.AF_INET
     out = []
+    if copies > 1:
+        # SO_REUSEPORT would let a second daemon share the port silently: first make
+        # sure nobody listens there (a plain bind fails with EADDRINUSE if someone does).
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind((spec.bind_address(), spec.port))
+        finally:
+            probe.close()
     try:
         for _ in range(copies):
             s = socket.socket(family, socket.SOCK_STREAM)

@@ -45,6 +45,11 @@ threads.
 import os
 
 from ..proto.smtp_reply import Reply, show
+from .access import (Access, addr_macro, address_keys, domain_keys, error_reply,
+                     is_loopback, reply_of_text, split_address, user_keys)
+
+__all__ = ["ClientInfo", "Verdict", "Policy", "Access", "addr_macro", "address_keys",
+           "domain_keys", "is_loopback", "split_address", "user_keys"]
 
 LOOPBACK_NAMES = ("localhost",)
 # the session macros a Policy defines; all are cleared or set at every check
@@ -56,6 +61,7 @@ SESSION_MACROS = ("client_addr", "client_name", "client_port", "client_ptr",
 TLS_MACROS = ("tls_version", "cipher", "cipher_bits", "verify", "cert_subject",
               "cert_issuer", "cn_subject")
 DIRECT = {"prog": "programs", "*file*": "files", "*include*": ":include:s"}
+PARSE_CACHE = 4096      # addresses whose routing the built-in policy remembers
 
 
 class ClientInfo:
@@ -103,147 +109,6 @@ class Verdict:
 
 
 # ------------------------------------------------------------------ addresses and keys
-def addr_macro(addr):
-    """{client_addr} as Sendmail writes it: dotted IPv4, "IPv6:" + the compressed
-    IPv6 text; an IPv4-mapped IPv6 address as its IPv4 form."""
-    import ipaddress
-    a = (addr or "").strip().strip("[]")
-    if a[:5].lower() == "ipv6:":
-        a = a[5:]
-    try:
-        ip = ipaddress.ip_address(a.split("%", 1)[0])
-    except ValueError:
-        return a
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip) if ip.version == 4 else "IPv6:" + ip.compressed
-
-
-def is_loopback(addr):
-    import ipaddress
-    a = addr_macro(addr)
-    try:
-        return ipaddress.ip_address(a[5:] if a.startswith("IPv6:") else a).is_loopback
-    except ValueError:
-        return False
-
-
-def address_keys(a):
-    """Sendmail's LookUpAddress order: 192.0.2.7, 192.0.2, 192.0, 192 (IPv6: the last
-    group dropped each time, "::" with it)."""
-    keys = [a]
-    while True:
-        j = len(a)
-        while j > 0 and (a[j - 1].isalnum()):
-            j -= 1
-        head = a[:j]
-        for sep in ("::", ":", "."):
-            if head.endswith(sep) and len(head) > len(sep) and j < len(a):
-                a = head[:-len(sep)]
-                keys.append(a)
-                break
-        else:
-            return keys
-
-
-def domain_keys(host):
-    """A host and its parent domains: a.b.example.org, b.example.org, example.org, org."""
-    host = host.lower().rstrip(".")
-    if not host:
-        return []
-    if host.startswith("["):
-        return [host]
-    parts = host.split(".")
-    return [".".join(parts[i:]) for i in range(len(parts)) if all(parts[i:])]
-
-
-def split_address(text):
-    """(local, domain) of a bare address: the domain lower-cased, trailing dots and one
-    pair of angle brackets removed; domain "" for an unqualified one."""
-    text = text.strip()
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1]
-    local, at, domain = text.rpartition("@")
-    if not at:
-        return text, ""
-    return local, domain.lower().rstrip(".")
-
-
-def user_keys(local, domain, tag_full=True):
-    """LookUpFull's (user@domain, user+*@domain, user@domain without +detail) and
-    LookUpUser's (user@, user+*@, user@) keys."""
-    base, plus, _detail = local.partition("+")
-    suffix = "@" + domain if tag_full else "@"
-    keys = [local + suffix]
-    if plus:
-        keys += [base + "+*" + suffix, base + suffix]
-    return keys
-
-
-def _is_status(text):
-    parts = (text or "").split(".")
-    return (len(parts) == 3 and parts[0] in ("2", "4", "5")
-            and all(p.isdigit() and 0 < len(p) <= 3 for p in parts))
-
-
-def error_reply(status, text, prefix=""):
-    """buildaddr()'s error mailer: *text* "NNN [x.y.z] words" (quotes dropped) or plain
-    words (then 553 and 5.3.0); *status* the $@ part when it is a DSN status."""
-    text = (text or "").replace('"', "").strip()
-    status = status if _is_status(status) else ""
-    if len(text) > 4 and text[:3].isdigit() and text[0] in "2345" and text[3] == " ":
-        code, rest = int(text[:3]), text[4:].strip()
-        word, _, after = rest.partition(" ")
-        if _is_status(word):
-            status, rest = word, after
-        elif not status:
-            status = text[0] + ".0.0"
-    else:
-        code, rest = 553, text
-        status = status or "5.3.0"
-    if code < 400:
-        code, status = 553, "5.3.0"
-    return Reply(code, status, prefix + rest)
-
-
-def reply_of_text(reply_text, prefix):
-    """A Parsed.reply ("550 5.1.1 User unknown") as a Reply with the "<addr>... " prefix."""
-    code, _, rest = reply_text.partition(" ")
-    status, _, words = rest.partition(" ")
-    if not _is_status(status):
-        status, words = "", rest
-    return error_reply(status, "%s %s" % (code, words) if code.isdigit() else reply_text,
-                       prefix)
-
-
-class Access:
-    """What an access-map value means (as m4's rulesets read it): (kind, reply) with kind
-    ok, relay, reject, discard, error (reply set) or None (no decision)."""
-
-    @staticmethod
-    def meaning(value, prefix, strict=True):
-        v = value.strip()
-        up = v.upper()
-        if up == "OK" or up.startswith("QUARANTINE:"):
-            return "ok", None
-        if up == "RELAY":
-            return "relay", None
-        if up == "REJECT":
-            return "reject", Reply(550, "5.7.1", prefix + "Access denied")
-        if up == "DISCARD":
-            return "discard", None
-        if up.startswith("ERROR:"):
-            rest = v[6:]
-            head, sep, tail = rest.partition(":")
-            if sep and _is_status(head):
-                return "error", error_reply(head, tail, prefix)
-            return "error", error_reply("", rest, prefix)
-        if strict and v:
-            return "error", error_reply("", v, prefix)
-        return None, None
-
-
-# ------------------------------------------------------------------ the policy
 class Policy:
     """Relay control over a RouteContext (see the module docstring)."""
 
@@ -262,6 +127,7 @@ class Policy:
 
     def reload(self):
         """Read the cf (if it changed), the access map and relay-domains again."""
+        self._parsed = {}
         if hasattr(self.ctx, "_rules"):         # RouteContext: let it load the cf again
             self.ctx._rules = None
             self.ctx._routes = {}
@@ -442,7 +308,7 @@ class Policy:
         m["f"] = sender or "<>"
         p = None
         if sender:
-            p = self.rules.parse(sender, sender=True)
+            p = self._parse(sender, True)
             if p.kind in ("unparsable", "syserr"):
                 return Verdict(reply_of_text(p.reply, shown + "... "))
         self.define_triple("mail", p)
@@ -483,7 +349,7 @@ class Policy:
         prefix = "<%s>... " % show(rcpt)
         if not rcpt.strip() or rcpt.strip() == "<>":
             return Verdict(Reply(553, "5.0.0", prefix + "User address required"))
-        p = self.rules.parse(rcpt)
+        p = self._parse(rcpt, False)
         if p.kind in ("unparsable", "syserr"):
             return Verdict(reply_of_text(p.reply, prefix))
         self.define_triple("rcpt", p)
@@ -503,6 +369,26 @@ class Policy:
         finally:
             m.pop("addr_type", None)
         return self.recipient(p, relay, prefix)
+
+    def _parse(self, addr, sender):
+        """rules.parse, remembered for a minute (at most PARSE_CACHE addresses) when the
+        built-in policy decides: then no session macro can change the result, and a
+        busy daemon routes each address once instead of per message. A temporary
+        result (a map that failed for now) is never kept."""
+        if self.cf_mode:
+            return self.rules.parse(addr, sender=sender)
+        import time
+        now = time.monotonic()
+        key = (addr, sender)
+        hit = self._parsed.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        p = self.rules.parse(addr, sender=sender)
+        if not getattr(p, "temporary", False):
+            if len(self._parsed) >= PARSE_CACHE:
+                self._parsed.clear()
+            self._parsed[key] = (now + 60.0, p)
+        return p
 
     # ---- built-in relay decision
     def is_remote(self, p):

@@ -165,7 +165,9 @@ class Incoming:
     def write_control(self, env):
         """Write the tf file (not synced); the committer renames it to qf."""
         tf = os.path.join(self.spool.path, "tf" + self.qid)
-        fd = os.open(tf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        fd = self.spool.take_file(tf)
+        if fd is None:
+            fd = os.open(tf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
             data = qfile.dumps(env)
             view = memoryview(data)

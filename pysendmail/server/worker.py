@@ -94,7 +94,7 @@ class Worker:
         self.limits = limits if limits is not None and limits.active else None
         self.user = user or "root"
         self.queue_poke = queue_poke
-        self.spool = Spool(layout.queue)
+        self.spool = Spool(layout.queue, use_pool=True)
         self.names = ClientNames(options, layout.resolv_confs)
         self.sessions = set()
         self.max_headers = _int(options, "MaxHeadersLength", 32768)
@@ -194,10 +194,19 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         loop.call_later(SWEEP_EVERY, self._sweep)
+        profile_dir = os.environ.get("PYSENDMAIL_PROFILE_DIR")    # bench/: where time goes
+        profiler = None
+        if profile_dir:
+            import cProfile
+            profiler = cProfile.Profile()
+            profiler.enable()
         try:
             loop.run_forever()
         finally:
             loop.close()
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(profile_dir, "worker-%d.prof" % os.getpid()))
 
     def _sweep(self):
         now = time.monotonic()
