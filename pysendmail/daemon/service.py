@@ -250,6 +250,8 @@ class Service:
                 if self.reload:
                     self.reload = False
                     self._reload()
+                if self.smtp is not None:
+                    self.smtp.tick()
                 now = time.monotonic()
                 woke = False
                 if now >= next_run:
@@ -257,7 +259,8 @@ class Service:
                 else:
                     try:
                         ready, _, _ = select.select([self.sock, self.wake_r, self.listener],
-                                                    [], [], min(next_run - now, 5))
+                                                    [], [], min(next_run - now,
+                                                                1 if self.smtp else 5))
                     except InterruptedError:
                         continue
                     if self.wake_r in ready:

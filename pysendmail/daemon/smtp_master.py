@@ -2,16 +2,20 @@
 
 Runs inside the long-running service (daemon.service, `sendmail -bd` / `-bD`):
 
-- `SMTPMaster.prepare()` does everything that needs privilege or may fail, before any
-  worker exists: the listeners (server.listeners; ports below 1024 need root), the
-  cf's rules and the policy's maps (server.policy), the TLS context (server.tls; a
-  self-signed certificate is made on first start when none is configured), the AUTH
-  password file (server.auth), the shared connection limits (server.limits), and the
-  log file opened for keeps. A failure raises MTAError with the reason.
-- `start()` forks `DaemonWorkers` workers (default: the number of CPUs, at most 4);
-  each drops to the unprivileged user (RunAsUser; default the `pysendmail` user for
-  the system instance, the instance directory's owner for a private one) and serves
-  with server.worker.
+- `SMTPMaster.prepare()` does what needs privilege or may fail, before a worker is
+  replaced: the listeners (server.listeners; ports below 1024 need root), the user
+  to run as, the shared connection limits (server.limits), the log file opened for
+  keeps; and it has a child build one whole worker (the cf's rules, the policy's
+  maps, the TLS context with its self-signed certificate made on first start, the
+  AUTH password file), so a bad configuration is found while this process stays
+  small (no asyncio, ssl or cryptography here: the idle daemon's memory). A failure
+  raises MTAError with the reason.
+- `start()` forks one worker; `tick()` adds workers while the sessions outnumber
+  SCALE_SESSIONS per worker, up to `DaemonWorkers` (default: the number of CPUs, at
+  most 4), and stops the extra ones after a minute without sessions. All workers
+  accept on the same listening sockets. Each builds itself as root, then drops to
+  the unprivileged user (RunAsUser; default the `pysendmail` user for the system
+  instance, the instance directory's owner for a private one).
   The queue directory is given to that user (0700), as Postfix's queue belongs to
   `postfix`: the workers write messages there and nowhere else; queue runs and local
   delivery stay with the root service.
@@ -71,14 +75,25 @@ def run_as(options, layout):
 
 
 class Generation:
-    """One configuration's prepared state and the workers running it."""
+    """One configuration: its listening sockets, shared limits, and the workers running it."""
 
-    def __init__(self, worker, sockets, count):
-        self.worker = worker          # the server.worker.Worker template (fork copies it)
-        self.sockets = sockets        # [(spec, [socket per worker])]
-        self.count = count
+    def __init__(self, options, ident, specs, sockets, limits, uid, gid, user, count):
+        self.options = options
+        self.ident = ident
+        self.specs = specs
+        self.sockets = sockets        # [(spec, socket)]: every worker accepts on all of them
+        self.limits = limits
+        self.uid, self.gid, self.user = uid, gid, user
+        self.count = count            # at most this many workers (DaemonWorkers)
         self.pids = {}                # pid -> worker index
+        self.scaled_down = set()      # pids told to stop because the load went
         self.respawns = []
+        self.last_spawn = 0.0
+        self.idle_since = None
+
+
+SCALE_SESSIONS = 4      # another worker when the sessions outnumber 4 per running worker
+IDLE_RETIRE = 60.0      # extra workers stop after this long without any session
 
 
 class SMTPMaster:
@@ -90,44 +105,34 @@ class SMTPMaster:
         self.log = log
         self.current = None
         self.retired = []             # older generations still finishing their sessions
-        self.bound = {}               # (name, addr, port, family) -> [sockets]
+        self.bound = {}               # (name, addr, port, family) -> socket
         self.stopping = False
 
     # -- preparing -------------------------------------------------------------------------
     def prepare(self, options=None, ident=None):
+        """Everything that needs privilege or may fail, in this (root, light) process:
+        the user to run as, the listeners, the shared limits; then a child builds a
+        whole worker (cf, policy maps, TLS, AUTH) to prove the configuration works
+        without this process importing any of it."""
         options = dict(self.options if options is None else options)
         ident = ident or self.ident
-        from ..delivery.router import RouteContext
         from ..server import listeners as lst
-        from ..server.policy import Policy
-        from ..server.worker import Worker
+        from ..server.limits import ConnectionLimits
         layout = self.layout
         count = _workers(options)
         uid, gid, user = run_as(options, layout)
         specs = lst.configured(self.inv.cf or layout.cf, self.inv.options.get("DaemonPortOptions"),
                                layout.system, warn=lambda m: self.log.warning(None, m))
-        ctx = RouteContext(layout, options, ident)
-        try:
-            ctx.rules                    # the cf must load before anything changes
-        except MTAError:
-            raise
-        tls_context = self._tls(options, ident)
-        auth = self._auth(options)
-        if auth is not None:            # the policy words its relay refusal for AUTH
-            options["AuthMechanisms"] = " ".join(auth.mechanisms)
-        policy = Policy(ctx, options, None)      # the sessions log rejections (with the qid)
-        from ..server.limits import ConnectionLimits, SharedAuthThrottle
         os.makedirs(layout.run_dir, 0o755, exist_ok=True)
         limits = ConnectionLimits(options, lock_dir=layout.run_dir)
-        if auth is not None:
-            auth.throttle = SharedAuthThrottle(limits)
+        self._validate(options, ident, specs)
         sockets = []
         for spec in specs:
-            key = (spec.name, spec.bind_address(), spec.port, spec.family, count)
-            socks = self.bound.get(key)
-            if socks is None:
+            key = (spec.name, spec.bind_address(), spec.port, spec.family)
+            sock = self.bound.get(key)
+            if sock is None:
                 try:
-                    socks = lst.bind(spec, count)
+                    sock = lst.bind(spec, 1)[0]
                 except OSError as e:
                     if spec.optional:
                         self.log.warning(None, "daemon %s: cannot bind %s:%d: %s (optional, "
@@ -136,33 +141,51 @@ class SMTPMaster:
                         continue
                     raise MTAError("daemon %s: cannot bind %s port %d: %s" % (
                         spec.name, spec.bind_address(), spec.port, e.strerror), 71)
-                self.bound[key] = socks
-            sockets.append((spec, socks))
-        worker = Worker(layout, options, ident, self.log, policy, specs, tls_context, auth,
-                        limits, user, queue_poke=self._poker())
-        worker.uid, worker.gid = uid, gid
-        worker.delivery_mode = (self.inv.delivery_mode or options.get("DeliveryMode") or "b")[:1]
+                self.bound[key] = sock
+            sockets.append((spec, sock))
         self._give_queue(uid, gid)
         self.log.keep_open()
-        return Generation(worker, sockets, count)
+        return Generation(options, ident, specs, sockets, limits, uid, gid, user, count)
 
-    def _tls(self, options, ident):
-        if (options.get("TLSSrvOptions") or "").strip().upper() in ("V", "NONE"):
-            return None
-        from ..server import tls
-        return tls.make_server_context(options, self.layout, ident.j, self.log)
+    def _build(self, gen_or_parts):
+        """A whole worker (in a child process, still privileged)."""
+        from ..delivery.router import RouteContext
+        from ..server.worker import build
+        options, ident, specs, limits, user = gen_or_parts
+        ctx = RouteContext(self.layout, options, ident)
+        return build(self.layout, options, ident, self.log, specs, limits, user,
+                     self.inv.delivery_mode, self._poker(), ctx)
 
-    def _auth(self, options):
-        mechs = [m.upper() for m in (options.get("AuthMechanisms") or "PLAIN LOGIN").split()
-                 if m.upper() in ("PLAIN", "LOGIN")]
-        from ..server import auth as authmod
-        path = options.get("AuthPasswordFile") or authmod.default_path(self.layout)
-        if not mechs or not os.path.exists(path):
-            return None
-        from ..server.worker import Auth
-        passwords = authmod.PasswordFile(path)
-        passwords.load()              # unsafe or unreadable: the daemon does not start
-        return Auth(passwords, authmod.AuthThrottle(), tuple(mechs))
+    def _validate(self, options, ident, specs):
+        """Build a worker in a child and report what went wrong, if anything."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            status = 0
+            try:
+                signal.set_wakeup_fd(-1)
+                self._build((options, ident, specs, None, "root"))
+            except BaseException as e:
+                status = 1
+                text = getattr(e, "message", None) or "%s: %s" % (type(e).__name__, e)
+                code = getattr(e, "status", EX_CONFIG)
+                os.write(w, ("%d %s" % (code, text)).encode("utf-8", "replace")[:4000])
+            os._exit(status)
+        os.close(w)
+        chunks = []
+        while True:
+            data = os.read(r, 4096)
+            if not data:
+                break
+            chunks.append(data)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            text = b"".join(chunks).decode("utf-8", "replace")
+            code, _, message = text.partition(" ")
+            raise MTAError(message or "the SMTP worker could not be built (status %d)"
+                           % status, int(code) if code.isdigit() else EX_CONFIG)
 
     def _give_queue(self, uid, gid):
         q = self.layout.queue
@@ -175,29 +198,25 @@ class SMTPMaster:
 
     def _poker(self):
         path = self.layout.pickup_socket
-        state = {"last": 0.0}
 
         def poke():
-            now = time.monotonic()
-            if now - state["last"] < 0.05:
-                return
-            state["last"] = now
             from ..queue.maildrop import Maildrop
             Maildrop.poke(path)
         return poke
 
     # -- running ---------------------------------------------------------------------------
     def start(self, generation=None):
+        """Start a generation with one worker; tick() adds more as sessions come."""
         gen = generation or self.prepare()
-        for index in range(gen.count):
-            self._spawn(gen, index)
+        self._spawn(gen, 0)
         self.current = gen
         names = ", ".join("%s %s:%d" % (spec.name, spec.bind_address(), spec.port)
                           for spec, _ in gen.sockets)
-        self.log.info(None, "SMTP daemon: %d worker(s) as %s on %s" % (
-            gen.count, gen.worker.user, names))
+        self.log.info(None, "SMTP daemon: up to %d worker(s) as %s on %s" % (
+            gen.count, gen.user, names))
 
     def _spawn(self, gen, index):
+        gen.last_spawn = time.monotonic()
         pid = os.fork()
         if pid:
             gen.pids[pid] = index
@@ -207,18 +226,16 @@ class SMTPMaster:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(sig, signal.SIG_DFL)
-            w = gen.worker
-            if w.limits is not None:
-                w.limits.worker = index
-            mine = [(spec, socks[index]) for spec, socks in gen.sockets]
-            for key, socks in self.bound.items():      # close the others' copies
-                for i, s in enumerate(socks):
-                    if s not in (m[1] for m in mine):
-                        s.close()
+            mine = [s for _, s in gen.sockets]
+            for s in self.bound.values():
+                if s not in mine:
+                    s.close()                 # an older generation's port
+            gen.limits.worker = index
+            w = self._build((gen.options, gen.ident, gen.specs, gen.limits, gen.user))
             from ..server.worker import drop_privileges
-            drop_privileges(w.uid, w.gid)
+            drop_privileges(gen.uid, gen.gid)
             _raise_nofile()
-            w.serve(mine)
+            w.serve(gen.sockets)
         except BaseException as e:
             try:
                 self.log.err(None, "SMTP worker failed: %r" % (e,))
@@ -226,6 +243,33 @@ class SMTPMaster:
                 pass
             status = 1
         os._exit(status)
+
+    def tick(self):
+        """Called by the service's loop (at least once a second): one more worker while
+        the sessions outnumber SCALE_SESSIONS per worker, up to DaemonWorkers; extra
+        workers stop after IDLE_RETIRE seconds without sessions."""
+        gen = self.current
+        if gen is None or self.stopping:
+            return
+        now = time.monotonic()
+        running = [p for p in gen.pids if p not in gen.scaled_down]
+        sessions = gen.limits.sessions()
+        if sessions > SCALE_SESSIONS * len(running) and len(running) < gen.count \
+                and now - gen.last_spawn > 0.5:
+            used = {gen.pids[p] for p in running}
+            self._spawn(gen, min(i for i in range(gen.count) if i not in used))
+        if sessions:
+            gen.idle_since = None
+        elif gen.idle_since is None:
+            gen.idle_since = now
+        elif now - gen.idle_since > IDLE_RETIRE and len(running) > 1:
+            pid = max(running, key=lambda p: gen.pids[p])
+            gen.scaled_down.add(pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            gen.idle_since = now
 
     def owns(self, pid):
         return any(pid in g.pids for g in [self.current] + self.retired if g is not None)
@@ -239,8 +283,10 @@ class SMTPMaster:
         if gen is None or pid not in gen.pids:
             return
         index = gen.pids.pop(pid)
-        if gen.worker.limits is not None:
-            gen.worker.limits.forget_worker(index)
+        gen.limits.forget_worker(index)
+        if pid in gen.scaled_down:
+            gen.scaled_down.discard(pid)
+            return
         if self.stopping:
             return
         now = time.monotonic()
@@ -266,6 +312,11 @@ class SMTPMaster:
         if old is not None:
             self._signal(old, signal.SIGTERM)
             self.retired.append(old)
+            keep = {id(s) for _, s in gen.sockets}
+            for key, s in list(self.bound.items()):
+                if id(s) not in keep:          # a listener the new cf no longer has
+                    del self.bound[key]
+                    s.close()
         self.options, self.ident = options, ident
         return True
 
@@ -295,9 +346,8 @@ class SMTPMaster:
                 g.pids.pop(pid, None)
         for g in gens:
             self._signal(g, signal.SIGKILL)
-        for socks in self.bound.values():
-            for s in socks:
-                s.close()
+        for s in self.bound.values():
+            s.close()
         self.bound.clear()
 
 

@@ -46,6 +46,8 @@ class QueueRun:
         self.out = out
         self.followups = []      # DSNs queued during this run, delivered right after
         self._views = {}         # mailer name -> MailerView
+        self._route_ctx = None   # the router's context, shared by the messages of this run
+        self._routing_qid = None
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
@@ -108,7 +110,8 @@ class QueueRun:
         env.attempts += 1
         env.last_attempt = now
         deferred = failed_now = False
-        if self._reroute(env):
+        if self._reroute(env) and any(not r.final and r.mailer in LOCAL_MAILERS
+                                      for r in env.recipients):
             spool.save(env)     # the routed list is durable before anything is delivered
         for index, rcpt in enumerate(env.recipients):
             if rcpt.final or rcpt.mailer not in LOCAL_MAILERS:
@@ -168,8 +171,12 @@ class QueueRun:
             return False
         from ..delivery.router import RouteContext, resolve, to_recipient
         from ..errors import AddressError, ConfigError
-        ctx = RouteContext(self.layout, self.options, self.ident,
-                           lambda m: self.log.info(env.qid, m))
+        ctx = self._route_ctx
+        if ctx is None:         # one per run: the cf is loaded and each address routed once
+            ctx = self._route_ctx = RouteContext(
+                self.layout, self.options, self.ident,
+                lambda m: self.log.info(self._routing_qid, m))
+        self._routing_qid = env.qid
         for r in pending:
             try:
                 targets = resolve(r.addr, ctx)

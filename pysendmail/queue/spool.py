@@ -318,7 +318,9 @@ class Spool:
         for name in names:
             self._unlink_quietly(os.path.join(self.path, name))
         self.recycle(self.df(qid))
-        fsync_dir(self.path)
+        # No directory sync: a removal lost in a power cut brings back a control file
+        # whose recipients are all final (each outcome was saved durably), which the
+        # next run removes again; nothing is delivered twice.
 
     def hold(self, qid, reason):
         env = self.load(qid)

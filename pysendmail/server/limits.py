@@ -22,7 +22,6 @@ import fcntl
 import mmap
 import os
 import struct
-import tempfile
 import time
 
 SLOTS = 8192
@@ -73,8 +72,12 @@ class ConnectionLimits:
         self.mem = mmap.mmap(-1, size)           # MAP_SHARED | MAP_ANONYMOUS: fork shares it
         self._base = _GLOBAL.size + MAX_WORKERS * _WORKER.size
         self._auth_base = self._base + SLOTS * _SLOT.size
-        fd, path = tempfile.mkstemp(prefix=".limits.", dir=lock_dir)
-        os.unlink(path)
+        try:            # an unnamed file for the record lock (nothing to clean up)
+            fd = os.open(lock_dir or "/tmp", os.O_TMPFILE | os.O_RDWR, 0o600)
+        except (AttributeError, OSError):
+            import tempfile
+            fd, path = tempfile.mkstemp(prefix=".limits.", dir=lock_dir)
+            os.unlink(path)
         self.lock_fd = fd
         self.worker = 0          # this process's index (set in each worker)
 
@@ -104,8 +107,19 @@ class ConnectionLimits:
 
     def open(self, addr, now=None):
         """Account for a new session from `addr`. Returns the seconds to wait before the
-        greeting (ConnectionRateThrottle), or raises Refusal."""
+        greeting (ConnectionRateThrottle), or raises Refusal. Without any limit set only
+        the session count is kept (the master starts workers by it)."""
         now = int(now if now is not None else time.time())
+        if not self.active:
+            self._lock()
+            try:
+                sessions, second, in_second = _GLOBAL.unpack_from(self.mem, 0)
+                _GLOBAL.pack_into(self.mem, 0, sessions + 1, second, in_second)
+                w = _GLOBAL.size + self.worker * _WORKER.size
+                _WORKER.pack_into(self.mem, w, _WORKER.unpack_from(self.mem, w)[0] + 1)
+            finally:
+                self._unlock()
+            return 0.0
         key = _key(addr)
         self._lock()
         try:

@@ -78,7 +78,7 @@ class SMTPSession(asyncio.Protocol):
         if w.limits is not None:
             from .limits import Refusal
             try:
-                wait = w.limits.open(addr)
+                wait = w.limits.open(addr)      # counted always; refused only by its options
                 self.counted = True
             except Refusal as r:
                 w.log.notice(None, "%s: %s" % (self.relay_text(), r.text))

@@ -45,26 +45,25 @@ def _san_for(hostname):
 
 
 def _usable(cert_path, key_path, hostname):
-    """Is the stored pair readable, matching, for `hostname`, and not about to expire?"""
-    import datetime
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    """Is the stored pair readable, matching, for `hostname`, and not about to expire?
+    Checked with the ssl module (OpenSSL) alone: importing cryptography costs a
+    long-running process ~17 MiB, so it is used only to make a new pair."""
+    import time
     try:
-        with open(cert_path, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        with open(key_path, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), password=None)
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (OSError, ValueError, TypeError, x509.ExtensionNotFound):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert_path, key_path)       # the key must match
+        info = ssl._ssl._test_decode_cert(cert_path)   # CPython's own PEM decoder
+    except (OSError, ssl.SSLError, ValueError, AttributeError):
         return False
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if cert.public_key().public_bytes(enc, pub) != key.public_key().public_bytes(enc, pub):
+    names = [v for k, v in info.get("subjectAltName", ()) if k in ("DNS", "IP Address")]
+    want = hostname.strip("[]")
+    if want not in names and want.lower() not in (n.lower() for n in names):
         return False
-    if _san_for(hostname) not in list(san):
+    try:
+        expires = ssl.cert_time_to_seconds(info["notAfter"])
+    except (KeyError, ValueError):
         return False
-    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
-    return left > datetime.timedelta(days=RENEW_DAYS)
+    return expires - time.time() > RENEW_DAYS * 86400
 
 
 def _write_new(path, data, mode):
@@ -147,24 +146,26 @@ def _readable(option, path):
 
 
 def _load_pair(ctx, cert_path, key_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    """Load the pair into `ctx`, telling a missing certificate, a bad key and a key that
+    does not match apart (with OpenSSL through ssl alone: no cryptography import)."""
     cert_data = _readable("ServerCertFile", cert_path)
     key_data = _readable("ServerKeyFile", key_path)
     try:
-        x509.load_pem_x509_certificate(cert_data)
-    except ValueError:
+        if b"-----BEGIN CERTIFICATE-----" not in cert_data:
+            raise ValueError
+        ssl._ssl._test_decode_cert(cert_path)
+    except (ValueError, ssl.SSLError, OSError):
         raise ConfigError("ServerCertFile=%s: no PEM certificate in it" % cert_path) from None
-    try:
-        serialization.load_pem_private_key(key_data, password=None)
-    except (ValueError, TypeError) as e:
-        raise ConfigError("ServerKeyFile=%s: no usable PEM private key in it (%s)"
-                          % (key_path, e)) from None
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except ssl.SSLError as e:
-        raise ConfigError("ServerCertFile=%s, ServerKeyFile=%s: cannot use them together: %s"
-                          % (cert_path, key_path, e.reason or e)) from None
+        reason = (e.reason or "").upper()
+        if "MISMATCH" in reason or (b"PRIVATE KEY-----" in key_data
+                                     and reason not in ("PEM_LIB", "NO_START_LINE", "")):
+            raise ConfigError("ServerCertFile=%s, ServerKeyFile=%s: cannot use them "
+                              "together: %s" % (cert_path, key_path, e.reason or e)) from None
+        raise ConfigError("ServerKeyFile=%s: no usable PEM private key in it (%s)"
+                          % (key_path, e.reason or e)) from None
 
 
 def make_server_context(options, layout, hostname, log=None):

@@ -91,7 +91,7 @@ class Worker:
         self.listeners = listeners
         self.tls_context = tls_context
         self.auth = auth
-        self.limits = limits if limits is not None and limits.active else None
+        self.limits = limits            # shared: counts every session (the master scales)
         self.user = user or "root"
         self.queue_poke = queue_poke
         self.spool = Spool(layout.queue, use_pool=True)
@@ -109,6 +109,8 @@ class Worker:
         self.servers = []
         self.stopping = False
         self.delivery_mode = (options.get("DeliveryMode") or "b")[:1]
+        self._poke_pending = False
+        self._last_poke = 0.0
 
     # -- what sessions ask -------------------------------------------------------------------
     def new_client(self, addr, port, daemon_name):
@@ -166,12 +168,30 @@ class Worker:
 
     # -- running -------------------------------------------------------------------------------
     def _poke(self, qids):
+        """After a commit: wake the service's queue runner, at most every 50 ms; a wake-up
+        inside that time is sent when it ends, never dropped (the last messages of a
+        burst must not wait for the queue interval)."""
         if self.delivery_mode in ("q", "d") or self.queue_poke is None:
             return
+        if self._poke_pending:
+            return
+        now = time.monotonic()
+        wait = self._last_poke + 0.05 - now
+        if wait <= 0:
+            self._last_poke = now
+            self.queue_poke()
+            return
+        self._poke_pending = True
+        asyncio.get_event_loop().call_later(wait, self._poke_later)
+
+    def _poke_later(self):
+        self._poke_pending = False
+        self._last_poke = time.monotonic()
         self.queue_poke()
 
     def serve(self, sockets):
-        """Run the loop until SIGTERM; `sockets` is [(ListenerSpec, socket), ...]."""
+        """Run the loop until SIGTERM; `sockets` is [(ListenerSpec, socket), ...], shared
+        with the other workers (each accepts what it can)."""
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         from concurrent.futures import ThreadPoolExecutor
@@ -236,6 +256,47 @@ class Worker:
             s.shut_down()
         loop = asyncio.get_event_loop()
         loop.call_soon(self._sweep)
+
+
+def _tls(layout, options, ident, log):
+    if (options.get("TLSSrvOptions") or "").strip().upper() in ("V", "NONE"):
+        return None
+    from . import tls
+    return tls.make_server_context(options, layout, ident.j, log)
+
+
+def _auth(layout, options):
+    mechs = [m.upper() for m in (options.get("AuthMechanisms") or "PLAIN LOGIN").split()
+             if m.upper() in ("PLAIN", "LOGIN")]
+    from . import auth as authmod
+    path = options.get("AuthPasswordFile") or authmod.default_path(layout)
+    if not mechs or not os.path.exists(path):
+        return None
+    passwords = authmod.PasswordFile(path)
+    passwords.load()              # unsafe or unreadable: the daemon does not start
+    return Auth(passwords, authmod.AuthThrottle(), tuple(mechs))
+
+
+def build(layout, options, ident, log, specs, limits, user, delivery_mode, poke, ctx):
+    """A whole Worker for these listeners: the policy over the router's context `ctx`
+    (the cf's rules), TLS, AUTH. Runs in a child of the master, before it drops
+    privileges (keys and the password file are root's). `limits` None: only checking
+    that everything loads."""
+    from .policy import Policy
+    options = dict(options)
+    ctx.rules                               # the cf must load
+    tls_context = _tls(layout, options, ident, log)
+    auth = _auth(layout, options)
+    if auth is not None:                    # the policy words its relay refusal for AUTH
+        options["AuthMechanisms"] = " ".join(auth.mechanisms)
+    policy = Policy(ctx, options, None)     # the sessions log rejections (with the qid)
+    if auth is not None and limits is not None:
+        from .limits import SharedAuthThrottle
+        auth.throttle = SharedAuthThrottle(limits)
+    worker = Worker(layout, options, ident, log, policy, specs, tls_context, auth, limits,
+                    user, queue_poke=poke)
+    worker.delivery_mode = (delivery_mode or options.get("DeliveryMode") or "b")[:1]
+    return worker
 
 
 def drop_privileges(uid, gid):

@@ -96,6 +96,7 @@ class Submission:
         self.defer_background = False  # the relay: answer first, then start_background()
         self.pending = None
         self._route_ctx = None
+        self.discarded = 0    # recipients the cf sent to the discard mailer
 
     def say(self, line):
         if self.quiet:
@@ -222,8 +223,8 @@ class Submission:
                 self.log.info(qid, logfmt.from_line(
                     env, len(env.recipients), msgid.decode("utf-8", "replace") if msgid else "",
                     relay=env.relay, size=size))
-                if not env.recipients:
-                    self._save_dead_letter(env, spool, quiet=False)
+                if not env.recipients and not self.discarded:
+                    self._save_dead_letter(env, spool, quiet=False)   # nobody took it
                 spool.discard(qid, df_fd)
                 return self._deliver(spool, None, None)
             spool.commit(env, df_fd)
@@ -340,6 +341,7 @@ class Submission:
                     continue
                 seen.add(t.key())
                 if t.mailer == "discard":
+                    self.discarded += 1
                     self.log.info(env.qid, "%s... discarded" % (t.address or text))
                     continue
                 r = to_recipient(t, text, notify=notify, orcpt=orcpt)
