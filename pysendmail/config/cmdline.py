@@ -142,6 +142,9 @@ def _set_option(inv, name, value):
         return
     if lname == "verbose":
         inv.verbose = True
+    if lname == "daemonportoptions" and inv.options.get("DaemonPortOptions"):
+        value = inv.options["DaemonPortOptions"] + "\n" + value   # each one is a listener
+        name = "DaemonPortOptions"
     inv.options[name] = value
 
 

@@ -20,6 +20,13 @@ It consumes what it uses from `buf` (a bytearray the connection owns). Rules:
   a chunk is length-framed, so nothing in it can be smuggled as an end or a
   command); a chunk refused up front (no MAIL, no RCPT) or past max_size is
   still read to its end, then refused.
+
+Speed: DATA input is first taken in bulk (`_bulk`): the complete lines up to the
+end marker or the last LF are checked with a few C-level scans (every LF part of
+a CRLF, every CR part of one, the longest line) and unstuffed with one replace;
+anything unusual (a bare CR or LF, the end marker at the start, little input)
+goes to the line-by-line reader below, which alone decides how it is refused. A
+100 KB message costs a handful of scans instead of ~1,400 Python iterations.
 Pure code.
 """
 from . import smtp_events as ev
@@ -50,7 +57,43 @@ class MessageReader:
         self._midline = False
         self._line_len = 0
 
+    def _bulk(self, buf):
+        """The fast path of read_data (see the module docstring); None: use the slow one."""
+        last = buf.rfind(b"\n")
+        if last < 256 or (not self._midline and buf[:3] == b".\r\n"):
+            return None
+        stop = buf.find(b"\r\n.\r\n", 0, last + 1)
+        cut = stop + 2 if stop >= 0 else last + 1
+        blk = bytes(buf[:cut])
+        crlf = blk.count(b"\r\n")
+        if blk.count(b"\n") != crlf or blk.count(b"\r") != crlf or blk[-2:] != b"\r\n":
+            return None
+        limit = self.max_text_line or 0
+        if limit and self.failure is None and len(blk) + self._line_len > limit:
+            lines = blk.split(b"\r\n")
+            longest = len(lines[0]) + self._line_len
+            if len(lines) > 2:
+                longest = max(longest, max(map(len, lines[1:-1])))
+            if longest + 2 > limit:
+                return None         # the line-by-line reader refuses it, in its order
+        if not self._midline and blk[:1] == b".":
+            blk = blk[1:]
+        if b"\r\n." in blk:
+            blk = blk.replace(b"\r\n.", b"\r\n")
+        out = bytearray()
+        self._take(out, blk)
+        self._midline = False
+        self._line_len = 0
+        del buf[:cut]
+        if stop >= 0:
+            del buf[:3]                                          # ".\r\n"
+            return self._end_of_data(buf, out)
+        return ev.DataChunk(bytes(out)) if out else NEED_DATA
+
     def read_data(self, buf):
+        fast = self._bulk(buf)
+        if fast is not None:
+            return fast
         out = bytearray()
         limit = self.max_text_line or 0
         pos = 0

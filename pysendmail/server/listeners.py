@@ -145,8 +145,8 @@ def configured(cf_path, command_line_value, system, warn=None):
     """The listeners to open: the cf's lines, then the command line's, by Name."""
     specs = []
     values = cf_values(cf_path) if cf_path else []
-    if command_line_value:
-        values.append(command_line_value)
+    if command_line_value:              # several -O DaemonPortOptions= are kept apart by LF
+        values.extend(v for v in command_line_value.split("\n") if v.strip())
     for value in values:
         spec = parse(value, warn)
         specs = [s for s in specs if s.name != spec.name] + [spec]

@@ -131,7 +131,7 @@ class Worker:
                 self.hostname, max_size=_int(o, "MaxMessageSize"),
                 starttls=self.tls_context is not None and listener.starttls_offered,
                 auth_mechanisms=mechanisms, auth_requires_tls=not key[1],
-                auth_required=listener.auth_required and bool(mechanisms),
+                auth_required=listener.auth_required,   # M=a without AUTH: 530 to all
                 max_rcpts=_int(o, "MaxRecipientsPerMessage") or _int(o, "MaxRcptsPerMessage"),
                 expn=False)
             self._configs[key] = config
