@@ -70,7 +70,7 @@ class ClientInfo:
     {client_resolve} (OK, FAIL, FORGED, TEMP; None: OK with a name, FAIL without)."""
 
     __slots__ = ("addr", "port", "name", "helo", "auth_type", "auth_authen", "tls",
-                 "daemon_name", "resolve")
+                 "daemon_name", "resolve", "cache")
 
     def __init__(self, addr, port, name="", daemon_name="MTA"):
         self.addr = addr
@@ -82,7 +82,7 @@ class ClientInfo:
         self.tls = {}
         self.daemon_name = daemon_name
         self.resolve = None
-
+        self.cache = {}             # what the policy worked out for this session
     def __repr__(self):
         return "ClientInfo(%r, %r, name=%r, auth=%r)" % (self.addr, self.port, self.name,
                                                         self.auth_type)
@@ -140,9 +140,13 @@ class Policy:
         self.cf_mode = self.has["check_rcpt"]
         etc = self.etc_dir()
         self.access = rules.maps.get("access")
+        self._access_files = ()         # our own etc/access: skipped while it does not exist
+        self._access_seen = (0.0, True)
         if self.access is None:
             from ..config.maps import HashMap
-            self.access = HashMap("access", {"o": True}, os.path.join(etc, "access"))
+            path = os.path.join(etc, "access")
+            self.access = HashMap("access", {"o": True}, path)
+            self._access_files = (path, path + ".db", path + ".txt")
         self.relay_domains = {w.lower().rstrip(".") for w in rules.classes.get("R", ())}
         from ..config.canon import read_table
         for row in read_table(os.path.join(etc, "relay-domains"), quiet=True):
@@ -180,29 +184,34 @@ class Policy:
         return "%s %s" % (client.name, a) if client.name else a
 
     def define(self, client):
-        """The session's macros, as srvrsmtp.c defines them."""
+        """The session's macros, as srvrsmtp.c defines them (computed once per state of
+        the session: its name, HELO, AUTH and TLS can change, nothing else)."""
         m = self.rules.macros
+        key = (client.name, client.helo, client.auth_type, client.auth_authen,
+               client.resolve, id(client.tls), len(client.tls or ()))
+        cached = client.cache.get("macros")
+        if cached is None or cached[0] != key:
+            values = {
+                "client_addr": addr_macro(client.addr),
+                "client_name": self.client_name(client),
+                "client_ptr": self.client_name(client),
+                "client_port": str(client.port or 0),
+                "client_resolve": client.resolve or ("OK" if client.name else "FAIL"),
+                "daemon_name": client.daemon_name or "",
+                "daemon_flags": "",
+                "deliveryMode": self.delivery_mode,
+                "_": self.relay_name(client),
+                "auth_type": client.auth_type,
+                "auth_authen": client.auth_authen,
+                "s": client.helo,
+            }
+            for name in TLS_MACROS:
+                values[name] = (client.tls or {}).get(name)
+            cached = (key, {k: str(v) for k, v in values.items() if v is not None})
+            client.cache["macros"] = cached
         for name in SESSION_MACROS:
             m.pop(name, None)
-        values = {
-            "client_addr": addr_macro(client.addr),
-            "client_name": self.client_name(client),
-            "client_ptr": self.client_name(client),
-            "client_port": str(client.port or 0),
-            "client_resolve": client.resolve or ("OK" if client.name else "FAIL"),
-            "daemon_name": client.daemon_name or "",
-            "daemon_flags": "",
-            "deliveryMode": self.delivery_mode,
-            "_": self.relay_name(client),
-            "auth_type": client.auth_type,
-            "auth_authen": client.auth_authen,
-            "s": client.helo,
-        }
-        for name in TLS_MACROS:
-            values[name] = (client.tls or {}).get(name)
-        for name, value in values.items():
-            if value is not None:
-                m[name] = str(value)
+        m.update(cached[1])
 
     def define_triple(self, prefix, p):
         m = self.rules.macros
@@ -254,6 +263,8 @@ class Policy:
         """The first access value for tag:key or key (Sendmail's "+" lookups), in key
         order; SKIP ends the search with nothing found."""
         from ..config.maps import TempFail
+        if self._access_files and not self._access_exists():
+            return None
         for key in keys:
             for k in ("%s:%s" % (tag, key), key):
                 try:
@@ -267,11 +278,25 @@ class Policy:
                 return value
         return None
 
+    def _access_exists(self):
+        import time
+        now = time.monotonic()
+        checked, exists = self._access_seen
+        if now - checked >= 1.0:
+            exists = any(os.path.exists(p) for p in self._access_files)
+            self._access_seen = (now, exists)
+        return exists
+
     def connect_value(self, client):
+        """The access map's Connect: value for the client (looked up once per name)."""
+        hit = client.cache.get("connect")
+        if hit is not None and hit[0] == client.name:
+            return hit[1]
         name_keys = domain_keys(client.name) if client.name else []
         value = self.lookup("Connect", name_keys)
         if value is None:
             value = self.lookup("Connect", address_keys(addr_macro(client.addr)))
+        client.cache["connect"] = (client.name, value)
         return value
 
     def reject_log(self, ruleset, arg, client, verdict):
