@@ -47,6 +47,7 @@ class QueueRun:
         self.followups = []      # DSNs queued during this run, delivered right after
         self._views = {}         # mailer name -> MailerView
         self._route_ctx = None   # the router's context, shared by the messages of this run
+        self._listed = {}        # qid -> (file stamp, Envelope) read while listing the queue
         self._routing_qid = None
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
@@ -62,14 +63,15 @@ class QueueRun:
             pickup_all(self.layout, self.options, self.ident, self.log)
         spool = Spool(self.layout.queue)
         now = int(time.time())
-        for name in spool.sweep_orphans(now):
-            self.log.info(None, "removed %s left by an interrupted process" % name)
+        if spool.sweep_due(now):
+            for name in spool.sweep_orphans(now):
+                self.log.info(None, "removed %s left by an interrupted process" % name)
         todo = []
         for qid, state in spool.entries(include_held=include_held):
             if state == "held" and not include_held:
                 continue
             try:
-                env = spool.load(qid)
+                env, stamp = spool.load_stamped(qid)
             except FileNotFoundError:
                 continue
             except (qfile.FormatError, ValueError, UnicodeDecodeError) as e:
@@ -84,6 +86,7 @@ class QueueRun:
             if not force and env.next_attempt > now:
                 continue
             todo.append((env.priority, env.created, qid))
+            self._listed[qid] = (stamp, env)
         todo.sort()
         handled = 0
         for _, _, qid in todo:
@@ -100,8 +103,12 @@ class QueueRun:
     # ----------------------------------------------------------------------------------
     def deliver_locked(self, spool, qid, lock_fd):
         """Deliver message `qid`, whose lock the caller holds. Returns a sysexits status."""
+        listed = self._listed.pop(qid, None)
         try:
-            env = spool.load(qid)
+            if listed is not None and spool.stamp(qid) == listed[0]:
+                env = listed[1]         # unchanged since the listing read it
+            else:
+                env = spool.load(qid)
         except FileNotFoundError:
             return EX_OK
         if env.hold_reason:

@@ -293,6 +293,42 @@ class Spool:
         path = self.hf(env.qid) if os.path.exists(self.hf(env.qid)) else self.qf(env.qid)
         self._write_control(path, env)
 
+    def stamp(self, qid):
+        """What identifies the current content of qid's control file (None if there is none)."""
+        for path in (self.qf(qid), self.hf(qid)):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            return (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        raise FileNotFoundError(self.qf(qid))
+
+    def load_stamped(self, qid):
+        """(Envelope, stamp): load() and the stamp of the file it read."""
+        stamp = self.stamp(qid)
+        env = self.load(qid)
+        return env, stamp
+
+    def sweep_due(self, now, every=300):
+        """Is it time for sweep_orphans (at most every `every` seconds; a marker file
+        beside the queue remembers the last sweep)? Frequent queue runs then do not
+        stat every file of the queue each time."""
+        marker = os.path.join(os.path.dirname(self.path.rstrip("/")) or ".", ".swept")
+        try:
+            if now - os.stat(marker).st_mtime < every:
+                return False
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return True
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+            os.utime(marker, (now, now))
+        except OSError:
+            pass
+        return True
+
     def load(self, qid):
         """The Envelope of `qid` (from qf or hf). Raises FileNotFoundError or qfile.FormatError."""
         path = self.control_path(qid)
