@@ -25,6 +25,7 @@ from .clientname import ClientNames
 from .commit import GroupCommitter
 
 SWEEP_EVERY = 5.0
+POKE_EVERY = 0.05   # wake the queue runner at most this often
 
 
 def _seconds(options, name, default):
@@ -168,7 +169,7 @@ class Worker:
 
     # -- running -------------------------------------------------------------------------------
     def _poke(self, qids):
-        """After a commit: wake the service's queue runner, at most every 50 ms; a wake-up
+        """After a commit: wake the service's queue runner, at most every POKE_EVERY; a wake-up
         inside that time is sent when it ends, never dropped (the last messages of a
         burst must not wait for the queue interval)."""
         if self.delivery_mode in ("q", "d") or self.queue_poke is None:
@@ -176,7 +177,7 @@ class Worker:
         if self._poke_pending:
             return
         now = time.monotonic()
-        wait = self._last_poke + 0.05 - now
+        wait = self._last_poke + POKE_EVERY - now
         if wait <= 0:
             self._last_poke = now
             self.queue_poke()
