@@ -111,14 +111,9 @@ class ConnectionLimits:
         the session count is kept (the master starts workers by it)."""
         now = int(now if now is not None else time.time())
         if not self.active:
-            self._lock()
-            try:
-                sessions, second, in_second = _GLOBAL.unpack_from(self.mem, 0)
-                _GLOBAL.pack_into(self.mem, 0, sessions + 1, second, in_second)
-                w = _GLOBAL.size + self.worker * _WORKER.size
-                _WORKER.pack_into(self.mem, w, _WORKER.unpack_from(self.mem, w)[0] + 1)
-            finally:
-                self._unlock()
+            # Only this worker writes its own slot: no lock needed (sessions() sums them).
+            w = _GLOBAL.size + self.worker * _WORKER.size
+            _WORKER.pack_into(self.mem, w, _WORKER.unpack_from(self.mem, w)[0] + 1)
             return 0.0
         key = _key(addr)
         self._lock()
@@ -151,6 +146,10 @@ class ConnectionLimits:
             self._unlock()
 
     def close(self, addr):
+        if not self.active:
+            w = _GLOBAL.size + self.worker * _WORKER.size
+            _WORKER.pack_into(self.mem, w, max(_WORKER.unpack_from(self.mem, w)[0] - 1, 0))
+            return
         key = _key(addr)
         self._lock()
         try:
@@ -166,7 +165,12 @@ class ConnectionLimits:
             self._unlock()
 
     def sessions(self):
-        return _GLOBAL.unpack_from(self.mem, 0)[0]
+        """Open sessions over all workers (with limits set, the locked global count;
+        without, the sum of the workers' own counts)."""
+        if self.active:
+            return _GLOBAL.unpack_from(self.mem, 0)[0]
+        return sum(_WORKER.unpack_from(self.mem, _GLOBAL.size + i * _WORKER.size)[0]
+                   for i in range(MAX_WORKERS))
 
     def forget_worker(self, index):
         """The master: worker `index` died; give back the sessions it held. Which clients
