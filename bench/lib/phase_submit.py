@@ -61,7 +61,15 @@ class Service:
 
     def start(self):
         sock = os.path.join(self.inst.root, "spool", "public", "submit")
-        self.proc = subprocess.Popen(self.inst.argv("-bD", "-q1h"), env=self.inst.env,
+        # -bD is also the SMTP daemon: each instance's listener on its own free port
+        import socket
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        self.proc = subprocess.Popen(self.inst.argv(
+            "-bD", "-q1h", "-O", "DaemonPortOptions=Port=%d,Addr=127.0.0.1" % port),
+            env=self.inst.env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
