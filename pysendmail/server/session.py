@@ -29,6 +29,7 @@ from .receive import Incoming, SessionFacts
 
 NEED_DATA = ev.NEED_DATA
 DATA_BLOCK = 1024
+READ_SIZE = 65536
 
 
 class SMTPSession(asyncio.Protocol):
@@ -67,6 +68,9 @@ class SMTPSession(asyncio.Protocol):
     def connection_made(self, transport):
         w = self.w
         self.transport = transport
+        # asyncio reads up to 256 KiB at a time: a fresh mmap'd buffer per read. SMTP
+        # commands are small and a DATA block of 64 KiB is plenty (heap-allocated).
+        transport.max_size = READ_SIZE
         peer = transport.get_extra_info("peername") or ("0.0.0.0", 0)
         addr = peer[0]
         if addr.startswith("::ffff:"):

@@ -26,6 +26,7 @@ from .commit import GroupCommitter
 
 SWEEP_EVERY = 5.0
 POKE_EVERY = 0.05   # wake the queue runner at most this often
+SWITCH_INTERVAL = 0.0005    # seconds between GIL hand-overs (CPython's default: 0.005)
 
 
 def _seconds(options, name, default):
@@ -195,6 +196,10 @@ class Worker:
         with the other workers (each accepts what it can)."""
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
+        # The commit thread must get the GIL back quickly when its sync returns, or every
+        # session waiting for that batch waits up to the default 5 ms switch interval.
+        import sys
+        sys.setswitchinterval(SWITCH_INTERVAL)
         from concurrent.futures import ThreadPoolExecutor
         self.committer = GroupCommitter(
             loop, self.layout.queue,
