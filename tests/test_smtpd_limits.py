@@ -158,3 +158,25 @@ def test_workers_drop_to_run_as_user(sm_bin, workdir):
     finally:
         d.stop()
     assert IS_ROOT
+
+
+def test_an_ipv6_listener_on_loopback(sm_root):
+    probe = socket.socket(socket.AF_INET6)
+    probe.bind(("::1", 0))
+    port6 = probe.getsockname()[1]
+    probe.close()
+    d = SMTPDaemon(sm_root, ["-odq", "-O", "DaemonPortOptions=Port=%d,Addr=::1,Family=inet6,"
+                             "Name=MTA6" % port6])
+    try:
+        assert wait_for(lambda: "MTA6 ::1:%d" % port6 in d.log_text(), 10), d.log_text()
+        with smtplib.SMTP("::1", port6) as s:
+            code, text = s.ehlo("v6.example")
+            assert code == 250 and b"[::1]" in text.split(b"\n")[0]
+            s.sendmail("a@example.org", ["root@localhost"], b"Subject: v6\r\n\r\nx\r\n")
+        qids = queued(sm_root)
+        assert len(qids) == 1
+        with open(os.path.join(sm_root.path, "spool", "queue", "qf" + qids[0]), "rb") as f:
+            qf = f.read()
+        assert b"[IPv6:::1])" in qf                  # Sendmail's way of writing it
+    finally:
+        d.stop()

@@ -201,7 +201,8 @@ class SessionFacts:
     @property
     def relay(self):
         """Sendmail's $_ / relay= value: "name [addr]" or "[addr]"."""
-        literal = "[%s]" % self.client_addr
+        addr = self.client_addr
+        literal = "[IPv6:%s]" % addr if ":" in addr else "[%s]" % addr
         name = self.client_name
         if name and name != literal:
             return "%s %s%s" % (name, literal, " (may be forged)" if self.forged else "")
