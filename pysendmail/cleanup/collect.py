@@ -163,7 +163,7 @@ def _copy_body(inp, out_fd, head, ignore_dots, res):
             final = True
         if data:
             if not eight:
-                eight = max(data) > 127
+                eight = not data.isascii()
             _write_all(out_fd, data)
             size += len(data)
             last = data[-1:]

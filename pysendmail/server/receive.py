@@ -108,7 +108,7 @@ class Incoming:
     def _body(self, data):
         if not data:
             return
-        if not self.eight_bit and max(data) > 127:
+        if not self.eight_bit and not data.isascii():
             self.eight_bit = True
         view = memoryview(data)
         while view:
