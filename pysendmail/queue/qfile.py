@@ -25,12 +25,13 @@ from ..model import Envelope, Recipient
 VERSION_LINE = b"V pysendmail-qf 1"
 
 _SAFE = frozenset(range(33, 127)) - {ord("+"), ord("=")}
+_SAFE_BYTES = bytes(sorted(_SAFE))
 
 
 def xtext(value):
     """Encode a str (or bytes) as xtext."""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    if all(b in _SAFE for b in raw):
+    if not raw.translate(None, _SAFE_BYTES):        # nothing left once safe bytes go
         return raw.decode("ascii")
     return "".join(chr(b) if b in _SAFE else "+%02X" % b for b in raw)
 

@@ -91,9 +91,10 @@ class Spool:
         self._pool_count = None    # files in the pool, counted once per process
 
     # -- the file pool -------------------------------------------------------------------
-    def take_file(self, path):
+    def take_file(self, path, check=True):
         """An empty file renamed from the pool to `path`, open O_RDWR; None when the pool
-        has nothing usable (then the caller creates the file). `path` must not exist."""
+        has nothing usable (then the caller creates the file). `path` must not exist
+        (checked unless `check` is false: a name derived from a df we created)."""
         while True:
             if not self._pool_names:
                 now = time.monotonic()
@@ -108,7 +109,7 @@ class Spool:
                     return None
             name = self._pool_names.pop()
             src = os.path.join(self.pool, name)
-            if os.path.lexists(path):
+            if check and os.path.lexists(path):
                 return None
             try:
                 os.rename(src, path)

@@ -10,9 +10,21 @@ Pure functions and one small class: no I/O.
 from ..proto.smtp_reply import Reply
 
 
+_ADDR_MACROS = {}      # addr_macro's answers (a daemon sees few distinct clients at once)
+
+
 def addr_macro(addr):
     """{client_addr} as Sendmail writes it: dotted IPv4, "IPv6:" + the compressed
     IPv6 text; an IPv4-mapped IPv6 address as its IPv4 form."""
+    hit = _ADDR_MACROS.get(addr)
+    if hit is None:
+        if len(_ADDR_MACROS) > 4096:
+            _ADDR_MACROS.clear()
+        hit = _ADDR_MACROS[addr] = _addr_macro(addr)
+    return hit
+
+
+def _addr_macro(addr):
     import ipaddress
     a = (addr or "").strip().strip("[]")
     if a[:5].lower() == "ipv6:":

@@ -165,7 +165,7 @@ class Incoming:
     def write_control(self, env):
         """Write the tf file (not synced); the committer renames it to qf."""
         tf = os.path.join(self.spool.path, "tf" + self.qid)
-        fd = self.spool.take_file(tf)
+        fd = self.spool.take_file(tf, check=False)      # tfQID: ours, as dfQID is
         if fd is None:
             fd = os.open(tf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
@@ -210,7 +210,10 @@ class SessionFacts:
 
 
 def _clean(text):
-    return "".join(c for c in str(text) if c.isprintable() and c not in "()\\")
+    text = str(text)
+    if text.isprintable() and "(" not in text and ")" not in text and "\\" not in text:
+        return text
+    return "".join(c for c in text if c.isprintable() and c not in "()\\")
 
 
 def received(session, qid, now, rcpt=None):
