@@ -96,6 +96,8 @@ class Reply:
 def show(text, limit=203):
     """A client-supplied string as Sendmail echoes it (shortenstring, MAXSHORTSTR):
     control characters made visible, long strings cut in the middle."""
+    if len(text) <= limit and text.isascii() and text.isprintable():
+        return text                 # the usual case: nothing to show differently
     text = "".join(c if " " <= c != "\x7f" and not "\udc80" <= c <= "\udcff"
                    else "?" if c > "\x7f" else "^" + chr((ord(c) + 64) & 0x7F)
                    for c in text)

@@ -113,6 +113,7 @@ class Worker:
         self.delivery_mode = (options.get("DeliveryMode") or "b")[:1]
         self._poke_pending = False
         self._last_poke = 0.0
+        self._greeting = None
 
     # -- what sessions ask -------------------------------------------------------------------
     def new_client(self, addr, port, daemon_name):
@@ -147,8 +148,16 @@ class Worker:
             return {}
 
     def greeting(self):
+        now = int(time.time())
+        cached = self._greeting
+        if cached is not None and cached[0] == now:
+            return cached[1]            # the date changes once a second
+        reply = self._make_greeting(now)
+        self._greeting = (now, reply)
+        return reply
+
+    def _make_greeting(self, now):
         from ..proto.smtp_reply import Reply
-        now = time.time()
         text = self.greeting_text
         if text:
             text = text.replace("$j", self.hostname).replace("$v", __version__) \
