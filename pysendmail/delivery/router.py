@@ -26,6 +26,10 @@ from ..errors import AddressError
 MAILER_NAMES = {"file": "*file*", "include": "*include*"}
 
 
+ROUTE_MEMO = 4096   # addresses a RouteContext remembers (RouteContext.route)
+ROUTE_TTL = 60.0    # seconds a remembered route is trusted
+
+
 class RouteContext:
     """What the router needs: the instance's paths and options, the host identity, a
     log callback; `local_names` are added to $=w.  The cf at layout.cf is loaded on
@@ -62,11 +66,22 @@ class RouteContext:
                 self._rules = load_rules(self.layout, self.options, self.hostname)
         return self._rules
 
-    def route(self, address):
-        """The Parsed triple of one address (rulesets 3 and 0), memoised."""
-        p = self._routes.get(address)
-        if p is None:
-            p = self._routes[address] = self.rules.parse(address)
+    def route(self, address, sender=False):
+        """The Parsed triple of one address (rulesets 3 and 0; `sender`: as an envelope
+        sender), memoised: a long-running process (the SMTP daemon's policy, a queue
+        run) routes each address once a minute at most, in a bounded table; a
+        temporary result (a map that failed for now) is never kept."""
+        import time
+        now = time.monotonic()
+        key = (address, sender)
+        hit = self._routes.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        p = self.rules.parse(address, sender=sender)
+        if not getattr(p, "temporary", False):
+            if len(self._routes) >= ROUTE_MEMO:
+                self._routes.clear()
+            self._routes[key] = (now + ROUTE_TTL, p)
         return p
 
 

@@ -46,7 +46,7 @@ import os
 
 from ..proto.smtp_reply import Reply, show
 from .access import (Access, addr_macro, address_keys, domain_keys, error_reply,
-                     is_loopback, reply_of_text, split_address, user_keys)
+                     is_loopback, relay_field, reply_of_text, split_address, user_keys)
 
 __all__ = ["ClientInfo", "Verdict", "Policy", "Access", "addr_macro", "address_keys",
            "domain_keys", "is_loopback", "split_address", "user_keys"]
@@ -61,7 +61,6 @@ SESSION_MACROS = ("client_addr", "client_name", "client_port", "client_ptr",
 TLS_MACROS = ("tls_version", "cipher", "cipher_bits", "verify", "cert_subject",
               "cert_issuer", "cn_subject")
 DIRECT = {"prog": "programs", "*file*": "files", "*include*": ":include:s"}
-PARSE_CACHE = 4096      # addresses whose routing the built-in policy remembers
 
 
 class ClientInfo:
@@ -127,7 +126,6 @@ class Policy:
 
     def reload(self):
         """Read the cf (if it changed), the access map and relay-domains again."""
-        self._parsed = {}
         if hasattr(self.ctx, "_rules"):         # RouteContext: let it load the cf again
             self.ctx._rules = None
             self.ctx._routes = {}
@@ -180,8 +178,7 @@ class Policy:
     @staticmethod
     def relay_name(client):
         """$_ as the logs show the client: "name [addr]" or "[addr]"."""
-        a = "[%s]" % addr_macro(client.addr)
-        return "%s %s" % (client.name, a) if client.name else a
+        return relay_field(client.name, client.addr)
 
     def define(self, client):
         """The session's macros, as srvrsmtp.c defines them (computed once per state of
@@ -396,24 +393,11 @@ class Policy:
         return self.recipient(p, relay, prefix)
 
     def _parse(self, addr, sender):
-        """rules.parse, remembered for a minute (at most PARSE_CACHE addresses) when the
-        built-in policy decides: then no session macro can change the result, and a
-        busy daemon routes each address once instead of per message. A temporary
-        result (a map that failed for now) is never kept."""
+        """rules.parse; remembered by the router's context when the built-in policy
+        decides (then no session macro can change the result)."""
         if self.cf_mode:
             return self.rules.parse(addr, sender=sender)
-        import time
-        now = time.monotonic()
-        key = (addr, sender)
-        hit = self._parsed.get(key)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        p = self.rules.parse(addr, sender=sender)
-        if not getattr(p, "temporary", False):
-            if len(self._parsed) >= PARSE_CACHE:
-                self._parsed.clear()
-            self._parsed[key] = (now + 60.0, p)
-        return p
+        return self.ctx.route(addr, sender)
 
     # ---- built-in relay decision
     def is_remote(self, p):
