@@ -23,7 +23,8 @@ class Collected:
         self.from_line = None
 
 
-def _is_field_name(name):
+def is_field_name(name):
+    """An RFC 5322 field name: printable ASCII but colon (bytes)."""
     if not name:
         return False
     for b in name:
@@ -106,7 +107,7 @@ def collect(fd, out_fd, ignore_dots=False, max_headers=32768):
             total += len(text) + 1
             continue
         name, colon, _ = text.partition(b":")
-        if colon and _is_field_name(name.rstrip(b" \t")) and total + len(text) <= max_headers:
+        if colon and is_field_name(name.rstrip(b" \t")) and total + len(text) <= max_headers:
             headers.append(text)
             total += len(text) + 1
             continue

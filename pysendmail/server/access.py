@@ -38,6 +38,19 @@ def _addr_macro(addr):
     return str(ip) if ip.version == 4 else "IPv6:" + ip.compressed
 
 
+def relay_field(client_name, client_addr, forged=False):
+    """Sendmail's $_ and relay= value: "host [192.0.2.1]", "[IPv6:2001:db8::1]",
+    "... (may be forged)". The one place the logs, the Received field and the
+    rulesets' $_ get it from."""
+    literal = "[%s]" % addr_macro(client_addr)
+    text = literal
+    if client_name and client_name.strip("[]") != client_addr and client_name != literal:
+        text = "%s %s" % (client_name, literal)
+    if forged:
+        text += " (may be forged)"
+    return text
+
+
 def is_loopback(addr):
     import ipaddress
     a = addr_macro(addr)

@@ -21,6 +21,9 @@ answers 454 and logs it). Hash comparison is constant-time (hmac.compare_digest)
 an unknown user costs the same scrypt work as a wrong password, so neither timing nor
 the log tells them apart. `check` blocks for the hash's cost (tens of milliseconds):
 call it from a worker thread in an event loop.
+
+`load_auth(layout, options)` gives the daemon's `Auth`: the SASL exchange, the check
+against this file, the throttle and the log lines, as the sessions use them.
 """
 import base64
 import hashlib
@@ -30,6 +33,7 @@ import stat
 import time
 
 from ..errors import ConfigError
+from .access import relay_field
 
 FILE_NAME = "sasl-passwd"
 
@@ -282,19 +286,6 @@ class AuthThrottle:
 
 # -- log lines ---------------------------------------------------------------------------
 
-def relay_field(client_name, client_addr, forged=False):
-    """Sendmail's relay= value: "host [192.0.2.1]", "[IPv6:2001:db8::1]", "... (may be forged)"."""
-    addr = client_addr
-    if ":" in addr and not addr.startswith("IPv6:"):
-        addr = "IPv6:" + addr
-    text = "[%s]" % addr
-    if client_name and client_name.strip("[]") != client_addr:
-        text = "%s %s" % (client_name, text)
-    if forged:
-        text += " (may be forged)"
-    return text
-
-
 def auth_failure_line(mechanism, user, client_name, client_addr, forged=False,
                       reason="authentication failure", detail="checkpass failed"):
     """What Sendmail logs (LOG_WARNING, after "QID: ") when AUTH fails, e.g. "AUTH failure
@@ -321,3 +312,52 @@ def reject_line(ruleset, arg1, client_name, client_addr, reply_text, forged=Fals
     Proper authentication required." (`reply_text` is the whole reject= value)."""
     return "ruleset=%s, arg1=%s, relay=%s, reject=%s" % (
         ruleset, arg1, relay_field(client_name, client_addr, forged), reply_text)
+
+
+class Auth:
+    """What the SMTP sessions use for AUTH: SASL exchanges, the password file, the
+    throttle, the log lines."""
+
+    def __init__(self, passwords, throttle, mechanisms):
+        self.passwords = passwords
+        self.throttle = throttle
+        self.mechanisms = mechanisms
+
+    def exchange(self, mechanism, initial):
+        from ..proto.smtp_sasl import SaslExchange
+        return SaslExchange(mechanism, initial)
+
+    def check(self, user, password):
+        """The file is read again when it changed; a worker that may no longer open it
+        (it dropped privileges) checks against what the master loaded."""
+        try:
+            return self.passwords.check(user, password)
+        except AuthConfigError:
+            if not self.passwords.users:
+                raise
+            return self.passwords.check_loaded(user, password)
+
+    def failure_line(self, mech, user, name, addr, reason=None, detail=None):
+        kw = {}
+        if reason:
+            kw["reason"] = reason
+        if detail:
+            kw["detail"] = detail
+        return auth_failure_line(mech, user, name, addr, **kw)
+
+    def success_line(self, mech, user, name, addr):
+        return auth_success_line(mech, user, name, addr)
+
+
+def load_auth(layout, options):
+    """The daemon's Auth, or None when no mechanism is offered or there is no password
+    file (AuthMechanisms, AuthPasswordFile). An unsafe or unreadable file raises
+    AuthConfigError: the daemon does not start."""
+    mechs = [m.upper() for m in (options.get("AuthMechanisms") or "PLAIN LOGIN").split()
+             if m.upper() in ("PLAIN", "LOGIN")]
+    path = options.get("AuthPasswordFile") or default_path(layout)
+    if not mechs or not os.path.exists(path):
+        return None
+    passwords = PasswordFile(path)
+    passwords.load()
+    return Auth(passwords, AuthThrottle(), tuple(mechs))

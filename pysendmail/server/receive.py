@@ -20,17 +20,10 @@ import time
 
 from .. import __version__, dates
 from ..cleanup import headers as hdr
+from ..cleanup.collect import is_field_name
 from ..model import Envelope, Recipient
 from ..queue import qfile
-
-
-def _is_field_name(name):
-    if not name:
-        return False
-    for b in name:
-        if b < 33 or b > 126 or b == 58:
-            return False
-    return True
+from .access import relay_field
 
 
 class Incoming:
@@ -99,7 +92,7 @@ class Incoming:
                 headers[-1] += b"\n" + line
                 continue
             name, colon, _ = line.partition(b":")
-            if colon and _is_field_name(name.rstrip(b" \t")):
+            if colon and is_field_name(name.rstrip(b" \t")):
                 headers.append(line)
                 continue
             return b"\n".join(lines[i:]) + b"\n"
@@ -201,12 +194,7 @@ class SessionFacts:
     @property
     def relay(self):
         """Sendmail's $_ / relay= value: "name [addr]" or "[addr]"."""
-        addr = self.client_addr
-        literal = "[IPv6:%s]" % addr if ":" in addr else "[%s]" % addr
-        name = self.client_name
-        if name and name != literal:
-            return "%s %s%s" % (name, literal, " (may be forged)" if self.forged else "")
-        return literal
+        return relay_field(self.client_name, self.client_addr, self.forged)
 
 
 def _clean(text):

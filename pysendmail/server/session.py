@@ -25,6 +25,7 @@ from ..proto import smtp_events as ev
 from ..proto import smtp_reply as R
 from ..proto.smtp_reply import Reply
 from ..proto.smtp_server import BDAT, CLOSED, DATA, SMTPServerConnection
+from .access import relay_field
 from .receive import Incoming, SessionFacts
 
 NEED_DATA = ev.NEED_DATA
@@ -163,7 +164,6 @@ class SMTPSession(asyncio.Protocol):
         c = self.client
         if c is None:
             return "[unknown]"
-        from .auth import relay_field
         return relay_field(c.name, c.addr)
 
     @property

@@ -44,43 +44,6 @@ def _int(options, name, default=0):
         return default
 
 
-class Auth:
-    """The AUTH side the sessions use: SASL exchanges, the password file, the throttle."""
-
-    def __init__(self, passwords, throttle, mechanisms):
-        from ..proto import smtp_sasl
-        from . import auth as authmod
-        self._sasl = smtp_sasl
-        self._authmod = authmod
-        self.passwords = passwords
-        self.throttle = throttle
-        self.mechanisms = mechanisms
-
-    def exchange(self, mechanism, initial):
-        return self._sasl.SaslExchange(mechanism, initial)
-
-    def check(self, user, password):
-        """The file is read again when it changed; a worker that may no longer open it
-        (it dropped privileges) checks against what the master loaded."""
-        try:
-            return self.passwords.check(user, password)
-        except self._authmod.AuthConfigError:
-            if not self.passwords.users:
-                raise
-            return self.passwords.check_loaded(user, password)
-
-    def failure_line(self, mech, user, name, addr, reason=None, detail=None):
-        kw = {}
-        if reason:
-            kw["reason"] = reason
-        if detail:
-            kw["detail"] = detail
-        return self._authmod.auth_failure_line(mech, user, name, addr, **kw)
-
-    def success_line(self, mech, user, name, addr):
-        return self._authmod.auth_success_line(mech, user, name, addr)
-
-
 class Worker:
     def __init__(self, layout, options, ident, log, policy, listeners, tls_context=None,
                  auth=None, limits=None, user="", queue_poke=None):
@@ -280,18 +243,6 @@ def _tls(layout, options, ident, log):
     return tls.make_server_context(options, layout, ident.j, log)
 
 
-def _auth(layout, options):
-    mechs = [m.upper() for m in (options.get("AuthMechanisms") or "PLAIN LOGIN").split()
-             if m.upper() in ("PLAIN", "LOGIN")]
-    from . import auth as authmod
-    path = options.get("AuthPasswordFile") or authmod.default_path(layout)
-    if not mechs or not os.path.exists(path):
-        return None
-    passwords = authmod.PasswordFile(path)
-    passwords.load()              # unsafe or unreadable: the daemon does not start
-    return Auth(passwords, authmod.AuthThrottle(), tuple(mechs))
-
-
 def build(layout, options, ident, log, specs, limits, user, delivery_mode, poke, ctx):
     """A whole Worker for these listeners: the policy over the router's context `ctx`
     (the cf's rules), TLS, AUTH. Runs in a child of the master, before it drops
@@ -301,7 +252,8 @@ def build(layout, options, ident, log, specs, limits, user, delivery_mode, poke,
     options = dict(options)
     ctx.rules                               # the cf must load
     tls_context = _tls(layout, options, ident, log)
-    auth = _auth(layout, options)
+    from .auth import load_auth
+    auth = load_auth(layout, options)
     if auth is not None:                    # the policy words its relay refusal for AUTH
         options["AuthMechanisms"] = " ".join(auth.mechanisms)
     policy = Policy(ctx, options, None)     # the sessions log rejections (with the qid)
