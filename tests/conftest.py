@@ -5,6 +5,7 @@ The suite tests the *installed* commands (tests/run does `pip install .` into .v
 
   sm_bin              directory of the installed `sendmail`, `mailq`, `newaliases`, `pysendmail`
   sm_root             a fresh private instance (PYSENDMAIL_ROOT) with .run() / .mailq() / .mailbox()
+  daemon              starts SMTP daemons (smtpd_helpers.SMTPDaemon, -odq) on sm_root, stops them after
   require_program     fixture returning require_program(name) -> path (fails under CI=true, else skips)
   root_only           decorator: skip unless running as root (also marks the test `root`)
   workdir             a fresh 0755 directory under the checkout's run/ (for peers that refuse /tmp)
@@ -113,6 +114,23 @@ def sm_root(sm_bin, tmp_path):
     base = tmp_path / "pysendmail"
     base.mkdir()
     return Instance(sm_bin, base)
+
+
+@pytest.fixture
+def daemon(sm_root):
+    """daemon(extra=(), **kw) -> a running smtpd_helpers.SMTPDaemon of `sm_root` (-odq);
+    every one started is stopped when the test ends."""
+    from smtpd_helpers import SMTPDaemon
+    started = []
+
+    def start(extra=(), **kw):
+        d = SMTPDaemon(sm_root, ["-odq"] + list(extra), **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
 
 
 @pytest.fixture

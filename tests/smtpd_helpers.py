@@ -4,6 +4,9 @@
     with smtplib.SMTP("127.0.0.1", d.port) as s: ...
     d.stop()
 
+The `daemon` fixture (conftest.py) starts them with -odq on the test's `sm_root` and
+stops them afterwards: `d = daemon(["-O", "ClientConn=2"], modifiers="Ea")`.
+
 The daemon logs to the instance's maillog (no syslog socket: see _no_syslog).
 """
 import os

@@ -18,27 +18,9 @@ import time
 import pytest
 
 from conftest import IS_ROOT
+from smtpd_helpers import free_port, no_syslog, wait_for
 
 MSG = b"Subject: daemon test\n\nhello from the queue\n"
-
-
-def _no_syslog(argv):
-    """argv, run so that the logger finds no syslog socket (root only when /dev/log exists)."""
-    if not os.path.exists("/dev/log"):
-        return argv
-    if not IS_ROOT:
-        pytest.skip("a syslog socket exists and hiding it needs root")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            'mount --bind /dev/null /dev/log && exec "$0" "$@"'] + argv
-
-
-def wait_for(pred, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return pred()
 
 
 class Daemon:
@@ -48,11 +30,8 @@ class Daemon:
         self.socket = os.path.join(inst.path, "spool", "public", "pickup")
         self.log = os.path.join(inst.path, "state", "log", "maillog")
         # The SMTP listener on a free loopback port (the default 127.0.0.1:2525 may be taken).
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.smtp_port = probe.getsockname()[1]
-        probe.close()
-        argv = _no_syslog([inst.command(), "-bD", "-q1m", "-O",
+        self.smtp_port = free_port()
+        argv = no_syslog([inst.command(), "-bD", "-q1m", "-O",
                            "DaemonPortOptions=Port=%d,Addr=127.0.0.1" % self.smtp_port]
                           + list(extra))
         self.proc = subprocess.Popen(argv, env=inst.env, stdin=subprocess.DEVNULL,

@@ -9,26 +9,10 @@ import smtplib
 import socket
 import time
 
-import pytest
-
 from smtpd_helpers import SMTPDaemon, queued, read_df, read_qf, wait_for
 
 MSG = (b"From: alice@example.org\r\nTo: root@localhost\r\nSubject: hello\r\n\r\n"
        b"line one\r\n.starts with a dot\r\nend\r\n")
-
-
-@pytest.fixture
-def daemon(sm_root):
-    started = []
-
-    def start(extra=(), **kw):
-        d = SMTPDaemon(sm_root, ["-odq"] + list(extra), **kw)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 def test_smtplib_message_is_queued_with_received_and_envelope(daemon, sm_root):

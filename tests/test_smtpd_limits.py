@@ -7,24 +7,8 @@ import smtplib
 import socket
 import time
 
-import pytest
-
 from conftest import IS_ROOT, root_only
 from smtpd_helpers import SMTPDaemon, free_port, queued, wait_for
-
-
-@pytest.fixture
-def daemon(sm_root):
-    started = []
-
-    def start(extra=(), **kw):
-        d = SMTPDaemon(sm_root, ["-odq"] + list(extra), **kw)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 def _greeting(port, source="127.0.0.1"):

@@ -10,23 +10,9 @@ import subprocess
 
 import pytest
 
-from smtpd_helpers import SMTPDaemon, queued, read_qf, wait_for
+from smtpd_helpers import queued, read_qf, wait_for
 
 PASSWORD = "s3cret pass"
-
-
-@pytest.fixture
-def daemon(sm_root):
-    started = []
-
-    def start(extra=(), **kw):
-        d = SMTPDaemon(sm_root, ["-odq"] + list(extra), **kw)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:
-        d.stop()
 
 
 @pytest.fixture
