@@ -5,9 +5,8 @@ Called by `bench/run` (which checks root, installs the tools and the venv):
     benchmain.py [--rounds N] [--warmup N] [--rss-runs N] [PHASES...]
 
 Phases live in PHASES below: a name -> module with `run(ctx) -> dict` (raw
-data, saved as <phase>.json) and `report(dict) -> markdown`. Adding the
-delivery rate phase means filling in phase_future.py's hook or adding a
-module and one line here.
+data, saved as <phase>.json) and `report(dict) -> markdown`. A new phase is
+a module and one line here.
 
 Each run writes bench/results/<stamp>/: meta.json (machine, versions, git
 commit, load average before/after), <phase>.json (every raw figure),
@@ -25,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import phase_cf  # noqa: E402
-import phase_future  # noqa: E402
+import phase_deliver  # noqa: E402
 import phase_mem  # noqa: E402
 import phase_profile  # noqa: E402
 import phase_smtp  # noqa: E402
@@ -41,7 +40,7 @@ PHASES = {
     "cf": phase_cf,                # issue 3: cf parse (cold, cached), rewriting throughput
     "smtp": phase_smtp,            # issue 4: SMTP accept rate vs Postfix smtpd (smtp-source)
     "mem": phase_mem,              # issue 4: daemon memory idle, 1,000 and 10,000 idle sessions
-    "deliver": phase_future.Deliver,   # later: delivery rate
+    "deliver": phase_deliver,      # issue 5: delivery rate from the queue (Maildir, relay) vs Postfix
 }
 DEFAULT_PHASES = ["submit"]
 
