@@ -270,6 +270,15 @@ class LoopbackDns:
 
     def stop(self):
         self.stopping = True
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):     # wake the loops now
+            try:
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.settimeout(0.5)
+                    s.connect((self.address, self.port))
+                    if kind == socket.SOCK_DGRAM:
+                        s.send(b"")
+            except OSError:
+                pass
         for t in self.threads:
             t.join(5)
         self.udp.close()

@@ -14,6 +14,7 @@ import pytest
 from dns_helpers import dns_zone  # noqa: F401  (the fixture)
 from pysendmail import layout
 from pysendmail.delivery.mx import (MAX_ADDRESSES, MAX_MX, Destination, DestinationError,
+                                    iter_destinations,
                                     literal_address, order_mx, resolve_destinations,
                                     resolver_context, split_host_field)
 from pysendmail.errors import EX_CONFIG, EX_NOHOST, EX_TEMPFAIL, EX_UNAVAILABLE
@@ -284,3 +285,18 @@ def test_bad_names_are_permanent_without_a_query(dns_zone, ctx):  # noqa: F811
             resolve(bad, ctx)
         assert e.value.dsn == "5.1.2"
     assert dns_zone.queries == []
+
+
+def test_lazy_iteration_and_failures_reported(dns_zone, ctx):  # noqa: F811
+    dns_zone.add("example.test", "MX", "10 a.example.test.", "20 gone.example.test.",
+                 "30 c.example.test.")
+    dns_zone.add("a.example.test", "A", "192.0.2.1")
+    dns_zone.add("c.example.test", "A", "192.0.2.3")
+    failures = []
+    it = iter_destinations("example.test", ctx, rng=random.Random(0), failures=failures)
+    assert next(it).host == "a.example.test"
+    assert not dns_zone.asked("c.example.test")         # not looked up before it is needed
+    assert next(it).host == "c.example.test"
+    assert [(f.host, f.dsn) for f in failures] == [("gone.example.test", "5.1.2")]
+    with pytest.raises(StopIteration):
+        next(it)

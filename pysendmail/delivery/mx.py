@@ -15,13 +15,17 @@ The host of an esmtp/smtp/relay triple (ruleset 0's `$@`) is one of:
 Public API (a small synchronous one; the delivery driver runs it in a thread or a child):
 
   resolve_destinations(host_field, resolver_ctx, port=25, own_names=(), ipv6=True,
-                       rng=None, my_name=None) -> [Destination, ...]
+                       rng=None, my_name=None, failures=None) -> [Destination, ...]
       Destination is a namedtuple (host, addresses, port, preference): the host name
       (no trailing dot, lower case; for a literal the bracketed text), its addresses
       as strings (IPv6 addresses first, then IPv4, each family in the order the
-      server returned them, at most MAX_ADDRESSES), the TCP port, the MX preference
-      (None for an implicit MX, a bracketed name or a literal).  Hosts without any
-      address are left out.  Raises DestinationError when nothing is left to try.
+      server returned them, at most MAX_ADDRESSES of each family), the TCP port, the
+      MX preference (None for an implicit MX, a bracketed name or a literal).  Hosts
+      without any address are left out.  Raises DestinationError when nothing is
+      left to try.  `failures`, a list when given, receives the DestinationError of
+      every host left out (to tell "all connections failed" from a DNS deferral).
+  iter_destinations(...the same arguments...)   the same, lazily (a generator): the
+      addresses of the next host are looked up when the caller asks for it.
   order_mx(records, own_names=(), rng=None, domain="", my_name=None)
       the pure part of getmxrr(): [(preference, exchange)] -> the same, ordered.
   split_host_field(field) -> [element, ...]   (colons inside [...] do not split)
@@ -240,49 +244,59 @@ class _Lookup:
 
 
 def _element(element, lookup, port, own_names, rng, my_name, failures):
-    """The destinations of one element of the host list; failures noted."""
+    """The destinations of one element of the host list, lazily; failures noted."""
     address = literal_address(element)
     if address is not None:
-        return [Destination(element, [address], port, None)]
+        yield Destination(element, [address], port, None)
+        return
     if element.startswith("[") and element.endswith("]"):
         hosts = [(None, _norm(element[1:-1]))]
     else:
         domain = _norm(element)
         try:
             rdatas = lookup.query(domain, "MX")
+            records = [(r.preference, r.exchange.to_text()) for r in rdatas]
+            # no MX: the domain itself (implicit MX, RFC 5321 5.1)
+            hosts = order_mx(records, own_names, rng, domain, my_name) if records \
+                else [(None, domain)]
         except DestinationError as e:
             failures.append(e)
-            return []
-        if rdatas:
-            records = [(r.preference, r.exchange.to_text()) for r in rdatas]
-            try:
-                hosts = order_mx(records, own_names, rng, domain, my_name)
-            except DestinationError as e:
-                failures.append(e)
-                return []
-        else:
-            hosts = [(None, domain)]          # implicit MX (RFC 5321 5.1)
-    out = []
+            return
     for pref, host in hosts:
         try:
-            out.append(Destination(host, lookup.addresses(host), port, pref))
+            addresses = lookup.addresses(host)
         except DestinationError as e:
             failures.append(e)
-    return out
+            continue
+        yield Destination(host, addresses, port, pref)
 
 
-def resolve_destinations(host_field, resolver_ctx, port=25, own_names=(), ipv6=True,
-                         rng=None, my_name=None):
-    """The hosts to try, in order, for the `$@` of a remote mailer (module docstring)."""
-    failures = []
+def iter_destinations(host_field, resolver_ctx, port=25, own_names=(), ipv6=True,
+                      rng=None, my_name=None, failures=None):
+    """resolve_destinations() as a generator: each host's addresses are looked up
+    only when the caller asks for the next destination (as Sendmail's
+    makeconnection() does), so a delivery that succeeds on the first MX costs no
+    lookups for the others.  Hosts skipped for a DNS failure are appended to
+    `failures` (a list) when given; DestinationError is raised at the end when
+    nothing at all was yielded."""
+    failures = [] if failures is None else failures
     lookup = _Lookup(resolver_ctx, ipv6)
-    out = []
     elements = split_host_field(host_field)
     if not elements:
         raise _host_not_found(host_field.strip() or "(empty)")
+    yielded = False
     for element in elements:
-        out.extend(_element(element, lookup, port, own_names, rng, my_name, failures))
-    if out:
-        return out
-    temporary = [f for f in failures if f.temporary]
-    raise (temporary or failures)[-1]
+        for destination in _element(element, lookup, port, own_names, rng, my_name,
+                                    failures):
+            yielded = True
+            yield destination
+    if not yielded:
+        temporary = [f for f in failures if f.temporary]
+        raise (temporary or failures)[-1]
+
+
+def resolve_destinations(host_field, resolver_ctx, port=25, own_names=(), ipv6=True,
+                         rng=None, my_name=None, failures=None):
+    """The hosts to try, in order, for the `$@` of a remote mailer (module docstring)."""
+    return list(iter_destinations(host_field, resolver_ctx, port, own_names, ipv6, rng,
+                                  my_name, failures))
