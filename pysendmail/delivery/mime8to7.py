@@ -38,6 +38,7 @@ import binascii
 MAX_NESTING = 20                  # Sendmail's MAXMIMENESTING
 SCAN_EARLY = 4096                 # stop counting 8-bit bytes after this many, if > 1/4
 LINE_LIMIT = 65536                # longest piece read at once (longer lines come in pieces)
+CHUNK = 1 << 16                   # bytes read at once by the 8-bit check and plain copies
 HEADER_LIMIT = 1 << 20            # largest header of a body part kept in memory
 BASE64_LINE = 54                  # input bytes per base64 line: 72 characters, as Sendmail
 QP_LINE = 76                      # RFC 2045's limit, soft break included
@@ -60,7 +61,7 @@ class MimeError(Exception):
 # -- decisions ---------------------------------------------------------------
 
 def needs_conversion(body):
-    """Does the body hold a byte >= 0x80?  Read from the current position in 1 MB
+    """Does the body hold a byte >= 0x80?  Read from the current position in 64 KB
     chunks (bytes.isascii: a few ms for 50 MB); the position is restored.
 
     env.body_type is no proof either way: "8BITMIME" may stand for 8-bit header
@@ -69,7 +70,7 @@ def needs_conversion(body):
     start = body.tell()
     try:
         while True:
-            chunk = body.read(1 << 20)
+            chunk = body.read(CHUNK)
             if not chunk:
                 return False
             if not chunk.isascii():
@@ -561,7 +562,7 @@ def convert(header, body, out, host="localhost", qid="", *, default_charset=None
         raise MimeError("the body must be a seekable binary file: %s" % exc) from None
     if not needs_conversion(body):
         while True:
-            chunk = body.read(1 << 20)
+            chunk = body.read(CHUNK)
             if not chunk:
                 return _like(header, raw)
             out.write(chunk)
