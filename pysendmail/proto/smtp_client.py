@@ -13,8 +13,8 @@ lmtp says LHLO (no HELO fallback) and reads one reply per accepted recipient aft
 the dot; esmtp=False says HELO at once; EHLO answered 5xx falls back to HELO.
 
 Events (__slots__ classes, equal by value):
-  Ready(extensions, tls, authenticated)  set-up done (or a transaction ended): call
-      send_message() or quit(). extensions: dict KEYWORD -> parameter text.
+  Ready(extensions, tls, authenticated)  set-up done: call send_message() or quit()
+      (again after each TransactionDone). extensions: dict KEYWORD -> parameter text.
   TlsUpgrade()  220 to STARTTLS: handshake, then tls_started() (EHLO again); on failure
       abort(). Bytes read before the handshake end the session (response injection).
   RcptReply(index, outcome)  the reply to RCPT for rcpts[index].
