@@ -1,6 +1,6 @@
 """Real third-party peers on loopback for the outbound-delivery tests: fixtures and helpers.
 
-    from peers import smtp_sink, dovecot, postfix_smarthost   # the fixtures (import them)
+    from peers import smtp_sink, dovecot, postfix_smarthost, smarthost_sink, postfix_mx  # fixtures
     from peers import SmtpSink, Dovecot, PostfixSmarthost, lmtp_deliver, USERS
 
 * `smtp_sink` (function scope) is a factory: `smtp_sink(hard_reject="RCPT", ...)` starts a
@@ -13,6 +13,8 @@
 * `postfix_smarthost` (session scope): a private Postfix that requires STARTTLS (`port`) or
   implicit TLS (`tls_port`) and SMTP AUTH (checked by the `dovecot` fixture) before it relays,
   and relays everything to its own smtp-sink (`.sink`), where the test reads what arrived.
+* `postfix_mx` (session scope): the same Postfix as a STARTTLS-capable remote MX (TLS
+  optional, no AUTH, accepts everything), relaying to its own `.sink`.
 
 Every peer runs in its own 0755 directory under the checkout's run/peers/ (Postfix and Dovecot
 hand work to other users, so pytest's 0700 tmp dirs cannot be used), keeps its config, state,
@@ -35,7 +37,7 @@ import time
 import pytest
 
 from conftest import IN_CI, IS_ROOT, REPO, require_program
-from smtpd_helpers import free_port, wait_for
+from smtpd_helpers import banner_ready, free_port, wait_for
 
 # user -> password, for Dovecot (IMAP/POP3/LMTP/SASL) and so for the Postfix smarthost's AUTH.
 USERS = {"user1": "pass1", "user2": "pass2"}
@@ -464,6 +466,13 @@ service lmtp {{
     mode = 0666
   }}
 }}
+# no auth penalty: after a failed login Dovecot would delay every later login from 127.0.0.1
+# (Postfix's SASL ones too) by 2 to 15 s; without this listener the auth process skips it
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service auth {{
   unix_listener auth-client {{
     mode = 0666
@@ -626,7 +635,7 @@ POSTFIX_MAIN = """\
 compatibility_level = 3.6
 queue_directory = {dir}/queue
 data_directory = {dir}/data
-myhostname = smarthost.{domain}
+myhostname = {name}.{domain}
 mydomain = {domain}
 myorigin = $myhostname
 syslog_name = pysendmail-test-postfix
@@ -635,24 +644,35 @@ maillog_file_prefixes = {dir}
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mydestination =
-mynetworks = 127.0.0.1/32
+mynetworks = 127.0.0.0/8
 relay_domains =
+alias_maps =
+alias_database =
 relayhost = [127.0.0.1]:{relay_port}
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
-smtpd_banner = $myhostname ESMTP test-smarthost
-smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_banner = $myhostname ESMTP test-{name}
 smtpd_tls_cert_file = {cert}
 smtpd_tls_key_file = {key}
+smtpd_tls_received_header = yes
+biff = no
+"""
+
+POSTFIX_SASL = """\
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_tls_security_level = encrypt
 smtpd_tls_auth_only = yes
-smtpd_tls_received_header = yes
 smtpd_sasl_auth_enable = yes
 smtpd_sasl_type = dovecot
 smtpd_sasl_path = {sasl_path}
 smtpd_sasl_security_options = noanonymous
 smtpd_sasl_authenticated_header = yes
-biff = no
+"""
+
+POSTFIX_MX = """\
+# a remote MX: STARTTLS offered, not required; takes mail for every domain from loopback
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_tls_security_level = may
 """
 
 POSTFIX_MASTER = """\
@@ -687,11 +707,13 @@ class PostfixSmarthost:
     127.0.0.1:`tls_port` (implicit TLS, smtpd_tls_wrappermode=yes). AUTH (PLAIN, LOGIN) is
     offered only under TLS and checked by Dovecot SASL at `sasl_path` (the Dovecot fixture's
     auth_socket); only authenticated clients may relay, and everything accepted is relayed to
-    `relay` ((host, port), an SmtpSink's) over plain SMTP. Attributes: host, port, tls_port,
+    `relay` ((host, port), an SmtpSink's) over plain SMTP.
+    With sasl_path=None it is a remote MX instead: STARTTLS offered but optional, no AUTH,
+    everything from anyone accepted and relayed (postfix_mx). Attributes: host, port, tls_port,
     cert (the self-signed certificate, CN/SAN localhost and 127.0.0.1: a CA file for
     verifying clients), etc (config dir), log (maillog), directory, pid (the master's)."""
 
-    def __init__(self, directory, sasl_path, relay):
+    def __init__(self, directory, sasl_path, relay, name="smarthost"):
         require_root("a private Postfix")
         self.exe = require_program("postfix")
         self.directory = directory
@@ -699,6 +721,7 @@ class PostfixSmarthost:
         self.host = "127.0.0.1"
         self.port, self.tls_port = free_port(), free_port()
         self.sasl_path = sasl_path
+        self.name = name
         self.relay = relay
         self.log = os.path.join(directory, "maillog")
         self.pid_file = os.path.join(directory, "queue", "pid", "master.pid")
@@ -723,7 +746,11 @@ class PostfixSmarthost:
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
             f.write(POSTFIX_MAIN.format(etc=self.etc, dir=self.directory, domain=DOMAIN,
                                         relay_port=self.relay[1], cert=self.cert, key=key,
-                                        sasl_path=self.sasl_path))
+                                        name=self.name))
+            if self.sasl_path:
+                f.write(POSTFIX_SASL.format(sasl_path=self.sasl_path))
+            else:
+                f.write(POSTFIX_MX)
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             f.write(POSTFIX_MASTER.format(port=self.port, tls_port=self.tls_port))
         proc = self._postfix("start")
@@ -739,7 +766,8 @@ class PostfixSmarthost:
                         self.pid = int(f.read().strip())
                 except (OSError, ValueError):
                     return False
-            return port_open(self.port) and port_open(self.tls_port)
+            # a banner, not just a listening socket: smtpd checks its config per connection
+            return banner_ready(self.port) and banner_ready(self.tls_port, tls=True)
         if not wait_for(ready, timeout, 0.05):
             self.stop()
             pytest.fail("postfix did not listen on %d/%d\n%s" % (
@@ -798,3 +826,21 @@ def postfix_smarthost(dovecot, smarthost_sink):
     yield pf
     pf.stop()
     shutil.rmtree(pf.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postfix_mx():
+    """A started PostfixSmarthost in MX mode (session scope): a STARTTLS-capable remote MX on
+    127.0.0.1:port (implicit TLS on tls_port), no AUTH, relaying everything to its own
+    SmtpSink `.sink` (smtp-sink itself cannot do TLS)."""
+    sink = SmtpSink(peer_dir("mx-sink"), hostname="final.example.test").start()
+    pf = PostfixSmarthost(peer_dir("postfix-mx"), None, (sink.host, sink.port), name="mx")
+    pf.sink = sink
+    try:
+        pf.start()
+        yield pf
+    finally:
+        pf.stop()
+        sink.stop()
+        shutil.rmtree(pf.directory, ignore_errors=True)
+        shutil.rmtree(sink.directory, ignore_errors=True)

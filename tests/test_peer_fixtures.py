@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from peers import (USERS, dovecot, lmtp_deliver, postfix_smarthost, smarthost_sink,  # noqa: F401
-                   smtp_sink, tls_context)
+from peers import (USERS, dovecot, lmtp_deliver, postfix_mx, postfix_smarthost,  # noqa: F401
+                   smarthost_sink, smtp_sink, tls_context)
 
 pytestmark = pytest.mark.peer
 
@@ -300,3 +300,20 @@ def test_smarthost_implicit_tls_port(postfix_smarthost):
     (m,) = postfix_smarthost.sink.wait_messages(1, lambda m: m.header("Message-ID") == msgid)
     assert m.sender == "" and m.recipients == ["bounce-target@example.org"]
     assert "(Authenticated sender: user2)" in m.header("Received")
+
+
+# ---- Postfix as a STARTTLS-capable remote MX -------------------------------------------------
+
+@pytest.mark.parametrize("starttls", [False, True])
+def test_mx_takes_mail_with_or_without_starttls(postfix_mx, starttls):
+    msgid, data = message("mx tls=%s" % starttls)
+    with postfix_mx.connect() as s:
+        s.ehlo()
+        assert s.has_extn("starttls") and not s.has_extn("auth")
+        if starttls:
+            s.starttls(context=tls_context(postfix_mx.cert))
+            s.ehlo()
+        assert s.sendmail("sender@example.test", ["anyone@example.org"], data) == {}
+    (m,) = postfix_mx.sink.wait_messages(1, lambda m: m.header("Message-ID") == msgid)
+    assert m.sender == "sender@example.test" and m.recipients == ["anyone@example.org"]
+    assert ("(using TLSv1." in m.header("Received")) is starttls
