@@ -49,7 +49,6 @@ Security stance: needs root (Postfix). Loopback only (smtpd and smtp-sink bind
 started, by pid.
 """
 import os
-import shutil
 import smtplib
 import statistics
 import subprocess
