@@ -32,7 +32,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import time
 
 import pytest
 
