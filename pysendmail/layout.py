@@ -86,9 +86,11 @@ class Layout:
         self.hoststat_dir = _join(state_dir, "hoststat")
         self.cache_dir = _join(state_dir, "cache")     # the compiled sendmail.cf
         # the resolver's configuration: the first that exists (a private instance may
-        # have its own, as a chrooted Postfix has its copy)
-        self.resolv_confs = ("/etc/resolv.conf",) if system else (
-            _join(base, "etc", "resolv.conf"), "/etc/resolv.conf")
+        # have its own, as a chrooted Postfix has its copy); PYSENDMAIL_RESOLV_CONF
+        # replaces the system's /etc/resolv.conf (a test suite points it at loopback)
+        system_conf = getenv("PYSENDMAIL_RESOLV_CONF") or "/etc/resolv.conf"
+        self.resolv_confs = (system_conf,) if system else (
+            _join(base, "etc", "resolv.conf"), system_conf)
         self.run_dir = run_dir
         self.pid_file = _join(run_dir, "sendmail.pid")
         self.pickup_socket = _join(spool, "public", "pickup")

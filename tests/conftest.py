@@ -26,6 +26,31 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 IS_ROOT = os.geteuid() == 0
 
+
+def _loopback_resolver():
+    """Every pysendmail the tests start resolves through a resolv.conf naming only
+    127.0.0.1 (PYSENDMAIL_RESOLV_CONF replaces /etc/resolv.conf), so no test can send
+    a DNS query off this host; tests that need DNS start their own server
+    (dns_helpers.py) and write the instance's etc/resolv.conf."""
+    import tempfile
+    path = os.path.join(tempfile.gettempdir(), "pysendmail-tests-resolv.conf")
+    text = "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return path
+    except OSError:
+        pass
+    tmp = "%s.%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+os.environ["PYSENDMAIL_RESOLV_CONF"] = _loopback_resolver()
+
 root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root")
 
 

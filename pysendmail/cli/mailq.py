@@ -6,6 +6,7 @@ Formats from Sendmail 8.17's printqueue:
     6AQEjQR0019689        6 Thu Nov 26 14:45 alice@example.com
                      (reason of the last failure)
     \t\t\t\t\t bob@example.org
+    \t\t\t\t\t   (its own last error, when it differs from the message's)
     \t\tTotal requests: 2
 """
 import os
@@ -47,10 +48,21 @@ def load_entries(layout, filters=()):
     return out
 
 
+def rcpt_error(r):
+    """A recipient's last error as mailq shows it ("" when none)."""
+    if not r.diag or r.state == "sent":
+        return ""
+    reason = _reason(r.diag)
+    if r.state == "deferred" and not reason.startswith("Deferred"):
+        reason = "Deferred: " + reason
+    return reason
+
+
 def last_error(env):
     for r in env.recipients:
-        if r.diag and r.state != "sent":
-            return _reason(r.diag)
+        err = rcpt_error(r)
+        if err:
+            return err
     return ""
 
 
@@ -91,6 +103,9 @@ def format_listing(layout, entries, verbose=False):
                     lines.append(prefix + "(---:%s---)" % ctl)
                 last_ctl = ctl
             lines.append(prefix + r.address)
+            own = rcpt_error(r)
+            if own and own != err:      # recipients that fared differently say how
+                lines.append(prefix + "  (%s)" % own)
     lines.append("\t\tTotal requests: %d" % n)
     return "\n".join(lines) + "\n"
 
@@ -106,7 +121,7 @@ def format_json(layout, entries):
             "body_type": env.body_type or None, "attempts": env.attempts,
             "next_attempt": env.next_attempt or None, "error": last_error(env) or None,
             "recipients": [{"address": r.address, "state": r.state, "mailer": r.mailer,
-                            "status": r.status or None, "error": _reason(r.diag) or None}
+                            "status": r.status or None, "error": rcpt_error(r) or None}
                            for r in env.recipients if not r.final],
         })
     return json.dumps(out, indent=2) + "\n"

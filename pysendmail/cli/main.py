@@ -125,8 +125,13 @@ def _run(inv, layout):
         _out("Data unavailable: shared memory not configured")
         return EX_UNAVAILABLE
     if mode in ("h", "H"):
-        _out("Host status directory not configured")
-        return EX_UNAVAILABLE
+        from ..delivery.hoststat import HostStatusCache, format_listing
+        cache = HostStatusCache(layout.hoststat_dir)
+        if mode == "H":
+            cache.purge()
+            return EX_OK
+        posix.write(1, format_listing(cache, verbose=inv.verbose).encode("utf-8", "surrogateescape"))
+        return EX_OK
     if mode == "C":
         from ..delivery.router import load_rules
         rules = load_rules(layout, options, ident.j)

@@ -7,7 +7,9 @@ record each outcome in the control file right after it happens (so a crash never
 repeats a finished delivery; the local agent's journal covers the window inside a
 delivery), send the DSNs owed, then remove the message or schedule its retry.
 
-Remote recipients (mailer esmtp) wait in the queue for the SMTP agent.
+Recipients of remote mailers (esmtp, relay, lmtp...) go to qmgr/outbound.py, which
+runs the SMTP/LMTP agent for many messages at once; the message is finished (DSNs,
+removal or retry) when its last recipient has an outcome.
 """
 import os
 import time
@@ -49,6 +51,7 @@ class QueueRun:
         self._route_ctx = None   # the router's context, shared by the messages of this run
         self._listed = {}        # qid -> (file stamp, Envelope) read while listing the queue
         self._routing_qid = None
+        self._local_ipc = None   # is the local mailer LMTP (P=[IPC])? known on first use
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
@@ -67,6 +70,7 @@ class QueueRun:
             for name in spool.sweep_orphans(now):
                 self.log.info(None, "removed %s left by an interrupted process" % name)
         todo = []
+        min_age = _interval(self.options, "MinQueueAge", "0")
         for qid, state in spool.entries(include_held=include_held):
             if state == "held" and not include_held:
                 continue
@@ -85,11 +89,17 @@ class QueueRun:
                 continue
             if not force and env.next_attempt > now:
                 continue
+            if min_age and env.last_attempt and now - env.last_attempt < min_age:
+                continue
             todo.append((env.priority, env.created, qid))
             self._listed[qid] = (stamp, env)
         todo.sort()
+        qids = [qid for _, _, qid in todo]
+        if any(self._may_go_remote(self._listed[qid][1]) for qid in qids):
+            from .outbound import run_queue
+            return run_queue(self, spool, qids)
         handled = 0
-        for _, _, qid in todo:
+        for qid in qids:
             fd = spool.lock(qid)
             if fd is None:
                 continue
@@ -98,11 +108,25 @@ class QueueRun:
                 handled += 1
             finally:
                 os.close(fd)
+        self.deliver_followups(spool)
         return handled
 
     # ----------------------------------------------------------------------------------
     def deliver_locked(self, spool, qid, lock_fd):
         """Deliver message `qid`, whose lock the caller holds. Returns a sysexits status."""
+        attempt = self.begin(spool, qid)
+        if attempt is None:
+            return EX_OK
+        if attempt.remote:
+            from .outbound import deliver_remote
+            deliver_remote(self, spool, [attempt])
+        return self.finish(spool, attempt)
+
+    def begin(self, spool, qid):
+        """The local part of one delivery attempt of message `qid` (locked by the caller):
+        route what is not routed, deliver the local recipients, recording each outcome.
+        Returns an Attempt whose `remote` lists the recipients (indices) left for the
+        SMTP/LMTP agent, or None when there is nothing to do."""
         listed = self._listed.pop(qid, None)
         try:
             if listed is not None and spool.stamp(qid) == listed[0]:
@@ -110,60 +134,78 @@ class QueueRun:
             else:
                 env = spool.load(qid)
         except FileNotFoundError:
-            return EX_OK
+            return None
         if env.hold_reason:
-            return EX_OK
+            return None
         now = int(time.time())
+        attempt = Attempt(qid, env, now)
         env.attempts += 1
         env.last_attempt = now
-        deferred = failed_now = False
         if self._reroute(env) and any(not r.final and r.mailer in LOCAL_MAILERS
                                       for r in env.recipients):
             spool.save(env)     # the routed list is durable before anything is delivered
         for index, rcpt in enumerate(env.recipients):
-            if rcpt.final or rcpt.mailer not in LOCAL_MAILERS:
-                if rcpt.mailer == "error" and not rcpt.final:
+            if rcpt.final:
+                continue
+            if rcpt.mailer == "local" and self._local_is_lmtp():
+                attempt.remote.append(index)    # FEATURE(local_lmtp): the post office's LMTP
+                continue
+            if rcpt.mailer not in LOCAL_MAILERS:
+                if rcpt.mailer == "error":
                     if rcpt.status.startswith("4"):
-                        deferred = True         # routed again at the next run
+                        attempt.deferred = True         # routed again at the next run
                     else:
                         rcpt.state = FAILED
+                elif rcpt.mailer:
+                    attempt.remote.append(index)
                 continue
             started = time.time()
             status = self._deliver_one(env, index, spool)
-            rcpt.attempts += 1
-            rcpt.status = status.status
-            rcpt.diag = status.reply
-            if status.ok:
-                rcpt.state = SENT
-                stat = "Sent"
-                self.say("%s... Sent" % rcpt.address)
-            elif status.temporary:
-                rcpt.state = DEFERRED
-                deferred = True
-                stat = "Deferred: " + (status.reply or "temporary failure")
-                self.say("%s... %s" % (rcpt.address, stat))
-            else:
-                rcpt.state = FAILED
-                failed_now = True
-                stat = status.reply or "Service unavailable"
-                self.say("%s... %s" % (rcpt.address, stat))
-            self.log.info(qid, logfmt.to_line(
-                [rcpt.address], now - env.created, rcpt.mailer, env.priority, stat,
-                dsn=status.status, xdelay=int(time.time() - started)))
+            self.record(attempt, index, status, started)
             spool.save(env)          # the outcome is durable before the next recipient
-        self._expire(env, now)
-        self._send_dsns(env, spool)
-        if env.done:
-            spool.remove(qid, len(env.recipients))
+        return attempt
+
+    def record(self, attempt, index, status, started):
+        """Set recipient `index`'s outcome from `status` (a DeliveryStatus), log it."""
+        env = attempt.env
+        rcpt = env.recipients[index]
+        rcpt.attempts += 1
+        rcpt.status = status.status
+        rcpt.diag = status.reply
+        if status.ok:
+            rcpt.state = SENT
+            stat = "Sent" + (" (%s)" % status.reply if status.mta and status.reply else "")
+            self.say("%s... Sent" % rcpt.address)
+        elif status.temporary:
+            rcpt.state = DEFERRED
+            attempt.deferred = True
+            stat = "Deferred: " + (status.reply or "temporary failure")
+            self.say("%s... %s" % (rcpt.address, stat))
         else:
-            pending_local = [r for r in env.recipients
-                             if not r.final and r.mailer in LOCAL_MAILERS + ("error",)]
-            env.next_attempt = next_retry(env.attempts, now) if pending_local else 0
+            rcpt.state = FAILED
+            attempt.failed_now = True
+            stat = status.reply or "Service unavailable"
+            self.say("%s... %s" % (rcpt.address, stat))
+        self.log.info(env.qid, logfmt.to_line(
+            [rcpt.address], attempt.now - env.created, rcpt.mailer, env.priority, stat,
+            dsn=status.status, xdelay=int(time.time() - started),
+            relay=status.mta or None))
+
+    def finish(self, spool, attempt):
+        """The end of an attempt: expiry, DSNs, then remove the message or schedule its
+        retry. Returns the attempt's sysexits status."""
+        env, now = attempt.env, attempt.now
+        self._expire(env, now)
+        self._send_dsns(env, spool, now)
+        if env.done:
+            spool.remove(env.qid, len(env.recipients))
+        else:
+            pending = [r for r in env.recipients if not r.final and r.mailer]
+            env.next_attempt = next_retry(env.attempts, now) if pending else 0
             spool.save(env)
-        self.deliver_followups(spool)
-        if deferred:
+        if attempt.deferred:
             return EX_TEMPFAIL
-        if failed_now:
+        if attempt.failed_now:
             return EX_UNAVAILABLE
         return EX_OK
 
@@ -232,6 +274,26 @@ class QueueRun:
             self._views[mailer] = MailerView(rules, mailer) if rules else None
         return self._views[mailer]
 
+    def _may_go_remote(self, env):
+        """Does this message have a recipient the remote agent may have to deliver
+        (routed to a remote mailer, not routed yet, local by LMTP)?"""
+        for r in env.recipients:
+            if r.final:
+                continue
+            if r.mailer not in LOCAL_MAILERS + ("error",):
+                return True
+            if r.mailer == "local" and self._local_is_lmtp():
+                return True
+        return False
+
+    def _local_is_lmtp(self):
+        """Is the cf's local mailer an IPC one (P=[IPC], LMTP to the post office)?"""
+        if self._local_ipc is None:
+            view = self._view("local")
+            m = view.mailer if view is not None else None
+            self._local_ipc = bool(m is not None and (m.path or "").strip() == "[IPC]")
+        return self._local_ipc
+
     def _deliver_one(self, env, index, spool):
         from ..delivery.local import deliver
         from ..model import DeliveryStatus
@@ -247,7 +309,7 @@ class QueueRun:
         if now - env.created < limit:
             return
         for r in env.recipients:
-            if not r.final and r.mailer in LOCAL_MAILERS + ("error",) and r.state == DEFERRED:
+            if not r.final and r.state == DEFERRED:
                 r.state = FAILED
                 r.status = "4.4.7"
                 r.diag = "Deferred: %s; message could not be delivered for %s" % (
@@ -257,11 +319,20 @@ class QueueRun:
         if qid:
             self.followups.append(qid)
 
-    def _send_dsns(self, env, spool):
+    def _send_dsns(self, env, spool, now):
         owed = [r for r in env.recipients
                 if r.state == FAILED and "failure" not in r.reported]
         succ = [r for r in env.recipients
                 if r.state == SENT and "success" not in r.reported and r.wants("SUCCESS")]
+        if not env.warned and now - env.created >= _interval(
+                self.options, "Timeout.queuewarn", "4h"):
+            late = [r for r in env.recipients if r.state == DEFERRED]
+            if late:
+                env.warned = True       # once per message, as Sendmail
+                self._queued(queue_bounce(self.layout, self.options, self.ident, self.log,
+                                          env, late, spool, kind="delay"))
+                for r in late:
+                    r.reported = _add_kind(r.reported, "delay")
         if owed:
             self._queued(queue_bounce(self.layout, self.options, self.ident, self.log, env,
                                       owed, spool))
@@ -274,6 +345,20 @@ class QueueRun:
                 r.reported = _add_kind(r.reported, "success")
         if owed or succ:
             spool.save(env)
+
+
+class Attempt:
+    """One delivery attempt of one message: its envelope, when it started, the
+    recipients left for the remote agent, and what happened so far."""
+    __slots__ = ("qid", "env", "now", "remote", "deferred", "failed_now")
+
+    def __init__(self, qid, env, now):
+        self.qid = qid
+        self.env = env
+        self.now = now
+        self.remote = []
+        self.deferred = False
+        self.failed_now = False
 
 
 def _add_kind(reported, kind):
