@@ -456,7 +456,10 @@ class Connection:
                     await self._send_body(headers, body_tmp, source)
                     continue
                 if isinstance(ev, core.TransactionDone):
-                    return [self._status(o) for o in ev.outcomes]
+                    statuses = [self._status(o) for o in ev.outcomes]
+                    if "DSN" in self.client.extensions and self.route.mailer != "local":
+                        _handed_on(env, indices, statuses)
+                    return statuses
                 if isinstance(ev, core.ConnectionClosed):
                     self.usable = False
                     await self._close_transport()
@@ -541,6 +544,17 @@ class Connection:
             await asyncio.wait_for(w.wait_closed(), 5)
         except (OSError, ConnectionError, asyncio.TimeoutError, Exception):
             pass
+
+
+def _handed_on(env, indices, statuses):
+    """The peer said DSN, so it got each NOTIFY and owes any success notice itself:
+    no "relayed" DSN from us for those delivered (RFC 3461 5.2.2; Sendmail sends one
+    only for local mailers (LMTP to the post office keeps its "delivered" DSN) and
+    peers without DSN)."""
+    for i, status in zip(indices, statuses):
+        r = env.recipients[i]
+        if status.ok and r.wants("SUCCESS") and "success" not in r.reported.split(","):
+            r.reported = ",".join(filter(None, [r.reported, "success"]))
 
 
 def _bare(address):
