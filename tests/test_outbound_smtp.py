@@ -237,3 +237,133 @@ def test_mixed_outcomes_three_destinations(sm_root, smtp_sink, respawn):
     assert queue_ids(sm_root) == []
     sm(sm_root, ["-q"])                             # nothing left: nothing more goes out
     assert len(ok.messages()) == 1 and len(fixed.messages()) == 1
+
+
+# ---- 3. DSNs ----------------------------------------------------------------------------
+
+HARD_REPLY = "550 5.1.1 No such user here"
+
+
+def smtp_submit(inst, mail, rcpts, message):
+    """Queue a message through `sendmail -bs -odq` with raw MAIL/RCPT argument texts
+    (ESMTP DSN parameters); asserts every command is accepted."""
+    lines = ["EHLO client.test", "MAIL FROM:" + mail] + ["RCPT TO:" + r for r in rcpts]
+    script = "\r\n".join(lines + ["DATA"]) + "\r\n" + message.replace("\n", "\r\n") \
+        + ".\r\nQUIT\r\n"
+    out = sm(inst, ["-bs", "-odq"], input=script.encode()).stdout.decode()
+    codes = [line[:3] for line in out.splitlines() if line[3:4] == " "]
+    assert codes == ["220", "250", "250"] + ["250"] * len(rcpts) + ["354", "250", "221"], out
+
+
+def test_failure_dsn_structure_full_return(sm_root, smtp_sink):
+    hard = smtp_sink(hard_reject="RCPT", hard_reply=HARD_REPLY)
+    write_cf(sm_root, routes={"hard.test": hard.port})
+    submit(sm_root, ["x@hard.test"], subject="returned whole",
+           body="the body comes back\n", extra=["-V", "envid-42", "-N", "failure,delay"])
+    sm(sm_root, ["-q"])
+    [dsn] = dsns(sm_root)
+    assert dsn["To"] == "root"
+    assert dsn["From"].addresses[0].username == "MAILER-DAEMON"
+    assert dsn["Subject"] == "Returned mail: see transcript for details"
+    text, groups, returned = dsn_parts(dsn)
+    assert "x@hard.test" in text and HARD_REPLY in text
+    msg_fields, rcpt_fields = groups[0], groups[1:]
+    assert msg_fields["Reporting-MTA"] == "dns; " + MYNAME
+    assert msg_fields["Original-Envelope-Id"] == "envid-42"
+    [r] = rcpt_fields
+    assert r["Final-Recipient"].lower() == "rfc822; x@hard.test"
+    assert r["Action"] == "failed"
+    assert r["Status"] == "5.1.1"
+    assert "127.0.0.1" in r["Remote-MTA"] and r["Remote-MTA"].lower().startswith("dns;")
+    assert r["Diagnostic-Code"].lower() == "smtp; " + HARD_REPLY.lower()
+    # RET defaults to FULL for a failure: the whole original comes back
+    assert returned.get_content_type() == "message/rfc822"
+    original = returned.get_payload()[0]
+    assert original["Subject"] == "returned whole"
+    assert original.get_content() == "the body comes back\n"
+    assert queue_ids(sm_root) == []
+
+
+def test_failure_dsn_ret_hdrs(sm_root, smtp_sink):
+    hard = smtp_sink(hard_reject="RCPT", hard_reply=HARD_REPLY)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % hard.port)
+    submit(sm_root, ["x@far.test"], subject="headers only", body="SECRET BODY\n",
+           extra=["-R", "hdrs"])
+    sm(sm_root, ["-q"])
+    [dsn] = dsns(sm_root)
+    _text, groups, returned = dsn_parts(dsn)
+    assert groups[1]["Action"] == "failed" and groups[1]["Status"] == "5.1.1"
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert "Subject: headers only" in returned.get_content()
+    assert b"SECRET BODY" not in dsn.as_bytes()
+
+
+def test_dsn_parameters_go_to_dsn_aware_peer(sm_root, smtp_sink):
+    """ENVID, RET, NOTIFY and ORCPT travel on to a DSN-aware next hop, which then owns
+    the success notification: no local "relayed" DSN (RFC 3461 5.2.2, Sendmail's
+    deliver.c: a success DSN only when the mailer is local or the peer lacks DSN)."""
+    sink = smtp_sink()
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % sink.port)
+    smtp_submit(sm_root, "<root@%s> RET=HDRS ENVID=env+2Bid" % MYNAME,
+                ["<u@ok.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig+2Bu@ok.test"],
+                "Subject: dsn params\n\nbody\n")
+    sm(sm_root, ["-q"])
+    [m] = sink.messages()
+    assert "RET=HDRS" in m.mail_args and "ENVID=env+2Bid" in m.mail_args, m.mail_args
+    [rcpt_args] = m.rcpt_args
+    assert "NOTIFY=SUCCESS,FAILURE" in rcpt_args, rcpt_args
+    assert "ORCPT=rfc822;orig+2Bu@ok.test" in rcpt_args, rcpt_args
+    assert dsns(sm_root) == []
+    assert queue_ids(sm_root) == []
+
+
+def test_success_dsn_relayed_to_non_dsn_peer(sm_root, smtp_sink):
+    sink = smtp_sink(no_dsn=True)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % sink.port)
+    smtp_submit(sm_root, "<root@%s> ENVID=receipt-1" % MYNAME,
+                ["<u@ok.test> NOTIFY=SUCCESS ORCPT=rfc822;u@ok.test"],
+                "Subject: receipt please\n\nbody\n")
+    sm(sm_root, ["-q"])
+    [m] = sink.messages()
+    assert "NOTIFY" not in m.rcpt_args[0] and "ENVID" not in m.mail_args
+    [dsn] = dsns(sm_root)
+    assert dsn["Subject"] == "Return receipt"
+    text, groups, returned = dsn_parts(dsn)
+    assert groups[0]["Original-Envelope-Id"] == "receipt-1"
+    [r] = groups[1:]
+    assert r["Action"] == "relayed" and r["Status"].startswith("2.")
+    assert r["Original-Recipient"].lower().replace(" ", "") == "rfc822;u@ok.test"
+    assert "relayed to non-DSN-aware mailer" in text
+    assert returned.get_content_type() == "text/rfc822-headers"     # receipts: headers only
+
+
+def test_notify_never_gives_no_dsn(sm_root, smtp_sink):
+    hard = smtp_sink(hard_reject="RCPT", hard_reply=HARD_REPLY)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % hard.port)
+    submit(sm_root, ["x@far.test"], extra=["-N", "never"])
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == []
+    assert sm_root.messages("root") == []
+    assert re.search(r"to=x@far.test,.*stat=550 5.1.1", maillog(sm_root))
+
+
+def test_null_sender_bounce_goes_to_postmaster(sm_root, smtp_sink):
+    hard = smtp_sink(hard_reject="RCPT", hard_reply=HARD_REPLY)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % hard.port)
+    before = set(queue_ids(sm_root))
+    sm(sm_root, ["-odq", "-i", "-f", "<>", "x@far.test"],
+       input=b"Subject: a bounce that bounces\n\nbody\n")
+    [qid] = set(queue_ids(sm_root)) - before
+    assert load_env(sm_root, qid).sender == ""
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == []
+    # postmaster is root here (the default aliases): a double bounce, never to <>
+    [dsn] = dsns(sm_root)
+    assert dsn["Subject"] == "Postmaster notify: see transcript for details"
+    assert dsn["To"] == "postmaster"
+    _text, groups, _ = dsn_parts(dsn)
+    assert groups[1]["Final-Recipient"].lower() == "rfc822; x@far.test"
+    log = maillog(sm_root)
+    assert not re.search(r"to=<>", log), log
+    # only the one transaction: MAIL FROM:<> for the original, nothing else to the peer
+    assert all(m.sender == "" for m in hard.messages())
