@@ -20,6 +20,7 @@ import email
 import email.policy
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -143,20 +144,25 @@ def dsn_parts(msg):
 
 @pytest.fixture
 def respawn():
-    """respawn(old_sink, **faults) -> a new smtp-sink on old_sink's port (old_sink is
-    stopped first): "the remote host was fixed" without touching the queued routes."""
+    """respawn(old_sink_or_port, **faults) -> a new smtp-sink on that port (an old sink
+    is stopped first): "the remote host was fixed" without touching the queued routes."""
     started = []
 
     def start(old, **options):
-        old.stop()
+        if isinstance(old, int):
+            port = old
+        else:
+            old.stop()
+            port = old.port
         sink = SmtpSink(peer_dir("sink"), **options)
-        sink.port = old.port
-        sink.args[-2] = "127.0.0.1:%d" % old.port
+        sink.port = port
+        sink.args[-2] = "127.0.0.1:%d" % port
         started.append(sink)
         return sink.start()
     yield start
     for sink in started:
         sink.stop()
+        shutil.rmtree(sink.directory, ignore_errors=True)
 
 
 def pairs(sink):
@@ -367,3 +373,153 @@ def test_null_sender_bounce_goes_to_postmaster(sm_root, smtp_sink):
     assert not re.search(r"to=<>", log), log
     # only the one transaction: MAIL FROM:<> for the original, nothing else to the peer
     assert all(m.sender == "" for m in hard.messages())
+
+
+# ---- 4. delay warning and queuereturn --------------------------------------------------------
+
+def test_delay_warning_then_queuereturn_bounce(sm_root, smtp_sink):
+    soft = smtp_sink(soft_reject="RCPT", soft_reply="450 4.2.1 Mailbox busy, try later")
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % soft.port,
+             options={"Timeout.queuewarn": "1h", "Timeout.queuereturn": "2d"})
+    qid = submit(sm_root, ["slow@far.test"], subject="takes long", body="still here\n")
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == [qid] and dsns(sm_root) == []     # young: no warning yet
+
+    age_message(sm_root, qid, 2 * 3600)             # past queuewarn, not queuereturn
+    sm(sm_root, ["-q"])
+    [warning] = dsns(sm_root)
+    assert warning["Subject"] == "Warning: could not send message for past 1 hour"
+    text, groups, returned = dsn_parts(warning)
+    assert "THIS IS A WARNING MESSAGE ONLY" in text
+    [r] = groups[1:]
+    assert r["Action"] == "delayed" and r["Status"] == "4.2.1"
+    assert "Will-Retry-Until" in r
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert queue_ids(sm_root) == [qid]
+    sm(sm_root, ["-q"])
+    assert len(dsns(sm_root)) == 1                  # warned once per message
+
+    age_message(sm_root, qid, 3 * 86400)            # past queuereturn
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == []
+    warning2, bounce = dsns(sm_root)
+    assert bounce["Subject"] == "Returned mail: see transcript for details"
+    text, groups, returned = dsn_parts(bounce)
+    [r] = groups[1:]
+    assert r["Action"] == "failed" and r["Status"] == "4.4.7"
+    assert "could not be delivered for 2 days" in text
+    assert "Mailbox busy" in text
+    assert returned.get_content_type() == "message/rfc822"
+    assert soft.messages() == []
+
+
+# ---- 5. DNS: MX records ---------------------------------------------------------------------
+
+def test_mx_resolution(sm_root, smtp_sink, dns_zone):
+    dns_zone.require_port_53()
+    sink = smtp_sink()
+    dead = free_port()      # nothing listens there on 127.0.0.2 (nor anywhere)
+    assert dead != sink.port
+    dns_zone.add("mx.test", "MX", "10 down.mx.test.", "20 up.mx.test.")
+    dns_zone.add("down.mx.test", "A", "127.0.0.2")
+    dns_zone.add("up.mx.test", "A", "127.0.0.1")
+    dns_zone.add("nullmx.test", "MX", "0 .")
+    dns_zone.add("amx.test", "A", "127.0.0.1")
+    dns_zone.add("other.test", "A", "127.0.0.1")    # the zone exists; nx.test does not
+    dns_zone.servfail.add("fail.test")
+    dns_zone.write_resolv_conf(os.path.join(sm_root.path, "etc", "resolv.conf"))
+    write_cf(sm_root, esmtp_port=sink.port)
+    rcpts = ["u@mx.test", "u@nullmx.test", "u@nx.test", "u@fail.test", "u@amx.test"]
+    qid = submit(sm_root, rcpts, subject="mx")
+    sm(sm_root, ["-q"], timeout=60)
+    # the lower preference host was tried first and refused; the next one took it
+    assert dns_zone.asked("down.mx.test", "A") and dns_zone.asked("up.mx.test", "A")
+    assert sorted(pairs(sink)) == [("mx", "u@amx.test"), ("mx", "u@mx.test")]
+    log = maillog(sm_root)
+    assert re.search(r"to=u@mx.test,.*relay=up.mx.test.? \[127.0.0.1\].*stat=Sent", log), log
+    assert re.search(r"to=u@amx.test,.*relay=amx.test.? \[127.0.0.1\].*stat=Sent", log), log
+    [dsn] = dsns(sm_root)
+    _text, groups, _ = dsn_parts(dsn)
+    by_rcpt = {g["Final-Recipient"].split(";")[1].strip(): g for g in groups[1:]}
+    assert sorted(by_rcpt) == ["u@nullmx.test", "u@nx.test"]
+    assert by_rcpt["u@nullmx.test"]["Status"] == "5.1.10"
+    assert by_rcpt["u@nx.test"]["Status"] == "5.1.2"
+    assert "Host unknown" in by_rcpt["u@nx.test"]["Diagnostic-Code"]
+    # SERVFAIL is temporary: deferred, not bounced
+    assert queue_ids(sm_root) == [qid]
+    env = load_env(sm_root, qid)
+    states = {r.address: r.state for r in env.recipients}
+    assert states["u@fail.test"] == "deferred", states
+    assert "u@fail.test" in sm_root.mailq()
+    # the refused MX host is remembered
+    assert "down.mx.test" in sm(sm_root, ["-bh"]).stdout.decode()
+
+
+# ---- 6. peers with faults and without extensions ------------------------------------------
+
+def test_disconnect_during_data_defers_then_delivers_once(sm_root, smtp_sink, respawn):
+    flaky = smtp_sink(disconnect="DATA")
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % flaky.port)
+    qid = submit(sm_root, ["u@far.test"], subject="flaky")
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == [qid]
+    [r] = load_env(sm_root, qid).recipients
+    assert r.state == "deferred" and r.status.startswith("4."), (r.status, r.diag)
+    assert re.search(r"to=u@far.test,.*stat=Deferred", maillog(sm_root))
+    assert flaky.messages() == []
+    good = respawn(flaky)
+    sm(sm_root, ["-q"])
+    assert pairs(good) == [("flaky", "u@far.test")]
+    assert queue_ids(sm_root) == [] and dsns(sm_root) == []
+
+
+def test_421_defers(sm_root, smtp_sink):
+    sink = smtp_sink(disconnect_421="MAIL")
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % sink.port)
+    qid = submit(sm_root, ["u@far.test", "v@far.test"], subject="421")
+    sm(sm_root, ["-q"])
+    assert queue_ids(sm_root) == [qid] and dsns(sm_root) == []
+    env = load_env(sm_root, qid)
+    assert [r.state for r in env.recipients] == ["deferred", "deferred"]
+    assert all("421" in r.diag for r in env.recipients), [r.diag for r in env.recipients]
+    assert "421" in sm_root.mailq()
+
+
+@pytest.mark.parametrize("faults,proto", [({"no_pipelining": True}, "ESMTP"),
+                                          ({"no_esmtp": True}, "SMTP")])
+def test_plain_peers(sm_root, smtp_sink, faults, proto):
+    sink = smtp_sink(**faults)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % sink.port)
+    submit(sm_root, ["u@far.test", "v@far.test"], subject="plain peer", body="a\n.\nb\n")
+    sm(sm_root, ["-q"])
+    [m] = sink.messages()
+    assert m.proto == proto and m.helo == MYNAME
+    assert sorted(m.recipients) == ["u@far.test", "v@far.test"]
+    assert m.data.partition(b"\n\n")[2] == b"a\n.\nb\n"
+    if proto == "SMTP":     # no ESMTP: no parameters on MAIL/RCPT
+        assert m.mail_args == "<%s>" % SENDER and m.rcpt_args == ["<u@far.test>", "<v@far.test>"] \
+            or sorted(m.rcpt_args) == ["<u@far.test>", "<v@far.test>"]
+    assert queue_ids(sm_root) == []
+
+
+def test_8bit_to_7bit_for_peer_without_8bitmime(sm_root, smtp_sink):
+    sink = smtp_sink(no_8bitmime=True)
+    write_cf(sm_root, routes={"far.test": sink.port})    # esmtp mailer: no F=8
+    body = "Gr\\u00fc\\u00dfe aus K\\u00f6ln, \\u00e7a va\\n".encode().decode("unicode_escape")
+    headers = ("MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+               "Content-Transfer-Encoding: 8bit\n")
+    before = set(queue_ids(sm_root))
+    sm(sm_root, ["-odq", "-i", "-f", "root", "-B", "8BITMIME", "u@far.test"],
+       input=("Subject: eight bit\n" + headers + "\n" + body).encode("utf-8"))
+    assert len(set(queue_ids(sm_root)) - before) == 1
+    sm(sm_root, ["-q"])
+    [m] = sink.messages()
+    assert m.data.isascii()
+    assert "BODY=8BITMIME" not in m.mail_args
+    assert m.header("X-MIME-Autoconverted")
+    cte = m.header("Content-Transfer-Encoding").lower()
+    assert cte in ("quoted-printable", "base64")
+    parsed = email.message_from_bytes(m.data, policy=email.policy.default)
+    # text in canonical form: base64 carries CRLF line ends (Sendmail's MapNLtoCRLF)
+    assert parsed.get_content().replace("\r\n", "\n") == body, m.data
+    assert queue_ids(sm_root) == []
