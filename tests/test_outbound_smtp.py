@@ -523,3 +523,173 @@ def test_8bit_to_7bit_for_peer_without_8bitmime(sm_root, smtp_sink):
     # text in canonical form: base64 carries CRLF line ends (Sendmail's MapNLtoCRLF)
     assert parsed.get_content().replace("\r\n", "\n") == body, m.data
     assert queue_ids(sm_root) == []
+
+
+# ---- 7. connection reuse --------------------------------------------------------------------
+
+class CountingProxy:
+    """A TCP relay on 127.0.0.1 in front of a sink that counts the connections it
+    accepts and the most open at once (the sink itself cannot tell sessions apart)."""
+
+    def __init__(self, target_port):
+        import socket
+        import threading
+        self.target = target_port
+        self.lock = threading.Lock()
+        self.accepted = self.open = self.max_open = 0
+        self.stopping = False
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(128)
+        self.server.settimeout(0.2)
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        import socket
+        import threading
+        while not self.stopping:
+            try:
+                client, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.open += 1
+                self.max_open = max(self.max_open, self.open)
+            upstream = socket.create_connection(("127.0.0.1", self.target), timeout=30)
+            done = threading.Event()
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b, done), daemon=True).start()
+
+    def _pump(self, src, dst, done):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(1)
+            except OSError:
+                pass
+            if done.is_set():
+                src.close()
+                dst.close()
+                with self.lock:
+                    self.open -= 1
+            else:
+                done.set()
+
+    def stop(self):
+        self.stopping = True
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.fixture
+def counting_proxy():
+    made = []
+
+    def make(port):
+        p = CountingProxy(port)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.stop()
+
+
+def queue_many(inst, n, rcpt="u@far.test", subject="bulk %d"):
+    """Queue n messages quickly (-odq), returns nothing; subjects carry the index."""
+    for i in range(n):
+        sm(inst, ["-odq", "-i", "-f", "root", rcpt],
+           input=("Subject: %s\n\nmessage %d\n" % (subject % i, i)).encode())
+
+
+@pytest.mark.parametrize("max_host", [None, 1])
+def test_connection_reuse(sm_root, smtp_sink, counting_proxy, max_host):
+    sink = smtp_sink()
+    proxy = counting_proxy(sink.port)
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % proxy.port,
+             options={"MaxHostConnections": max_host} if max_host else None)
+    queue_many(sm_root, 50)
+    sm(sm_root, ["-q"])
+    got = pairs(sink)
+    assert sorted(got) == sorted(("bulk %d" % i, "u@far.test") for i in range(50))
+    assert len(sink.messages()) == 50               # one transaction each, none twice
+    assert queue_ids(sm_root) == []
+    if max_host == 1:
+        assert proxy.accepted == 1 and proxy.max_open == 1
+    else:
+        # connections open as the destination's line grows (at most 20 at once, the
+        # default MaxHostConnections) and each carries message after message
+        assert proxy.max_open <= 20
+        assert proxy.accepted <= 20, proxy.accepted
+        assert proxy.accepted < 50 // 2
+    print("connections: %d, at most %d at once" % (proxy.accepted, proxy.max_open))
+
+
+# ---- 8. host status -------------------------------------------------------------------------
+
+def test_host_status_cache(sm_root, respawn):
+    port = free_port()          # nothing listens yet: connection refused
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % port)
+    qid = submit(sm_root, ["u@far.test"], subject="host down")
+    sm(sm_root, ["-q"])
+    [r] = load_env(sm_root, qid).recipients
+    assert r.state == "deferred" and "refused" in r.diag.lower(), r.diag
+    listing = sm(sm_root, ["-bh"]).stdout.decode()
+    assert "[127.0.0.1]" in listing and "refused" in listing.lower(), listing
+    # the host is up now, but its status is fresh: the next run does not even connect
+    sink = respawn(port)
+    log_before = maillog(sm_root)
+    sm(sm_root, ["-q"])
+    assert sink.messages() == [] and queue_ids(sm_root) == [qid]
+    new = maillog(sm_root)[len(log_before):]
+    assert re.search(r"to=u@far.test,.*stat=Deferred: .*refused", new, re.I), new
+    # purgestat forgets it; the next run delivers
+    sm(sm_root, ["-bH"])
+    assert "[127.0.0.1]" not in sm(sm_root, ["-bh"]).stdout.decode()
+    sm(sm_root, ["-q"])
+    assert pairs(sink) == [("host down", "u@far.test")]
+    assert queue_ids(sm_root) == []
+    # a success is remembered as OK
+    listing = sm(sm_root, ["-bh"]).stdout.decode()
+    assert "refused" not in listing.lower(), listing
+
+
+# ---- 10. queue run filters ------------------------------------------------------------------
+
+def test_queue_run_filters(sm_root, smtp_sink):
+    sink = smtp_sink()
+    write_cf(sm_root, smarthost="[127.0.0.1]:%d" % sink.port)
+    q1 = submit(sm_root, ["a@one.test"], subject="one")
+    q2 = submit(sm_root, ["b@two.test"], subject="two")
+    others = {}
+    for sender, rcpt, subject in (("alice@elsewhere.test", "c@three.test", "three"),
+                                  ("bob@elsewhere.test", "d@four.test", "four")):
+        before = set(queue_ids(sm_root))
+        sm(sm_root, ["-odq", "-i", "-f", sender, rcpt],
+           input=("Subject: %s\n\nbody\n" % subject).encode())
+        [others[subject]] = set(queue_ids(sm_root)) - before
+    sm(sm_root, ["-qRtwo.test"])
+    assert pairs(sink) == [("two", "b@two.test")]
+    assert queue_ids(sm_root) == sorted([q1, others["three"], others["four"]])
+    sm(sm_root, ["-qSalice"])
+    assert sorted(pairs(sink)) == [("three", "c@three.test"), ("two", "b@two.test")]
+    sm(sm_root, ["-qI" + q2])                       # already gone: nothing
+    sm(sm_root, ["-q!Sroot"])                       # negated: everything but root's
+    assert sorted(pairs(sink)) == [("four", "d@four.test"), ("three", "c@three.test"),
+                                   ("two", "b@two.test")]
+    assert queue_ids(sm_root) == [q1]
+    sm(sm_root, ["-qI" + q1])
+    assert sorted(pairs(sink)) == [("four", "d@four.test"), ("one", "a@one.test"),
+                                   ("three", "c@three.test"), ("two", "b@two.test")]
+    assert queue_ids(sm_root) == []
