@@ -101,6 +101,15 @@ class Route:
         self.implicit_tls = implicit_tls
 
 
+def _is_ip(text):
+    import ipaddress
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _split_port(host):
     """"[host]:587" -> ("[host]", 587); anything else -> (host, None)."""
     if host.startswith("[") and "]:" in host:
@@ -183,6 +192,8 @@ class Agent:
             port = int(argv[2])
         if len(argv) > 1 and argv[1] != "$h":
             host = argv[1]      # A=TCP fixed.host.example
+            if _is_ip(host):    # A=TCP 127.0.0.1 24 (an LMTP server): that address, no DNS
+                host = "[%s]" % host
         host, own_port = _split_port(host)
         if own_port:
             port = own_port
@@ -266,7 +277,11 @@ class Agent:
         all_permanent = True
         now = time.time()
         for target in route.targets:
-            cached = self.hoststat.failed_recently(target.host, now)
+            # a service of its own on another port (a smarthost's 587 beside the MX's 25)
+            # has a status of its own
+            status_key = target.host if target.port in (None, 25) else \
+                "%s:%d" % (target.host, target.port)
+            cached = self.hoststat.failed_recently(status_key, now)
             if cached is not None:
                 last = DeliveryStatus(cached.status or "4.4.1", cached.reply or
                                       "host %s is down" % target.host)
@@ -280,7 +295,7 @@ class Agent:
                     all_permanent = all_permanent and last.permanent
             if last is not None:
                 self.hoststat.record(HostStatus(
-                    target.host, TEMPFAIL if last.temporary else 69, last.status, last.reply,
+                    status_key, TEMPFAIL if last.temporary else 69, last.status, last.reply,
                     updated=int(time.time())))
         if last is None:
             raise _fail("4.4.3", "no host to connect to for %s" % route.host)
