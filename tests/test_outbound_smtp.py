@@ -743,3 +743,31 @@ def test_kill_9_mid_run_loses_nothing(sm_root, smtp_sink, respawn):
     assert transactions == 20 + len(repeated)
     print("kill -9: %d left queued, %d message(s) sent twice" % (len(left), len(repeated)))
     assert dsns(sm_root) == []
+
+
+# ---- 6b. SIZE: smtp-sink cannot advertise it, pysendmail's own daemon does ----------------------
+
+def test_size_limit_bounces_5_3_4(sm_root, sm_bin, tmp_path):
+    """A peer advertising SIZE 2000 (pysendmail's own daemon: smtp-sink has no SIZE): a
+    larger message is refused at MAIL from the SIZE= we declare (552 5.3.4), before any
+    data goes out, and bounces."""
+    from conftest import Instance
+    from smtpd_helpers import SMTPDaemon
+    peer_root = tmp_path / "peer"
+    peer_root.mkdir()
+    # M=S: no STARTTLS (this test is about SIZE; see the report on STARTTLS stalls)
+    peer = SMTPDaemon(Instance(sm_bin, peer_root), ["-odq", "-O", "MaxMessageSize=2000"],
+                      modifiers="S")
+    try:
+        write_cf(sm_root, smarthost="[127.0.0.1]:%d" % peer.port)
+        submit(sm_root, ["big@far.test"], subject="too big", body=("y" * 70 + "\n") * 60)
+        sm(sm_root, ["-q"])
+        assert queue_ids(sm_root) == []
+        [dsn] = dsns(sm_root)
+        _text, groups, _ = dsn_parts(dsn)
+        [r] = groups[1:]
+        assert r["Action"] == "failed" and r["Status"] == "5.3.4", r
+        assert r["Diagnostic-Code"].lower().startswith("smtp; 552 5.3.4"), r
+        assert re.search(r"to=big@far.test,.*dsn=5.3.4", maillog(sm_root))
+    finally:
+        peer.stop()
