@@ -110,6 +110,14 @@ def _is_ip(text):
     return True
 
 
+def _tls_name(host):
+    """The name a certificate is checked against: the address of a [literal] (its IP
+    SAN; no SNI is sent for an address), else the host name."""
+    if host.startswith("[") and host.endswith("]"):
+        return host[1:-1]
+    return host
+
+
 def _split_port(host):
     """"[host]:587" -> ("[host]", 587); anything else -> (host, None)."""
     if host.startswith("[") and "]:" in host:
@@ -306,7 +314,8 @@ class Agent:
     async def _open(self, route, path, address, host, port):
         connect_timeout = _seconds(self.options, "Timeout.connect")
         tls_hosts = _words(self.options, "TLSRequiredHosts")
-        verify = host.lower() in _words(self.options, "TLSVerifyHosts")
+        verify_hosts = _words(self.options, "TLSVerifyHosts")
+        verify = host.lower() in verify_hosts or _tls_name(host).lower() in verify_hosts
         mta = "%s [%s]" % (host, address) if address else host
         creds = None if path else self.credentials(host, address)
         must_tls = bool(creds) or port == 587 or host.lower() in tls_hosts or verify
@@ -317,7 +326,8 @@ class Agent:
                     asyncio.open_unix_connection(path, limit=1 << 20), connect_timeout)
             else:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(
-                    address, port, ssl=ssl_ctx, server_hostname=host if ssl_ctx else None,
+                    address, port, ssl=ssl_ctx,
+                    server_hostname=_tls_name(host) if ssl_ctx else None,
                     limit=1 << 20), connect_timeout)
         except asyncio.TimeoutError:
             raise _fail("4.4.1", "Connection timed out with %s" % host, mta) from None
@@ -409,7 +419,7 @@ class Connection:
                 try:
                     await asyncio.wait_for(self.writer.start_tls(
                         self.agent.tls_context(self.verify),
-                        server_hostname=self.host if self.verify else None),
+                        server_hostname=_tls_name(self.host) if self.verify else None),
                         _seconds(self.agent.options, "Timeout.starttls"))
                 except (OSError, ConnectionError, asyncio.TimeoutError) as e:
                     self.client.abort("TLS handshake with %s failed: %s" % (self.host, e),
