@@ -19,7 +19,6 @@ and Dovecot need root); no test queries a resolver (only [127.0.0.1] literal hos
 import os
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
