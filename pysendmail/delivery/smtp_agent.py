@@ -483,7 +483,10 @@ class Connection:
                 if isinstance(ev, core.TransactionDone):
                     statuses = [self._status(o) for o in ev.outcomes]
                     if "DSN" in self.client.extensions and self.route.mailer != "local":
-                        _handed_on(env, indices, statuses)
+                        for i, st in zip(indices, statuses):  # it got NOTIFY and owes the
+                            r = env.recipients[i]             # receipt (RFC 3461 5.2.2)
+                            if st.ok and r.wants("SUCCESS") and "success" not in r.reported:
+                                r.reported = ",".join(filter(None, [r.reported, "success"]))
                     return statuses
                 if isinstance(ev, core.ConnectionClosed):
                     self.usable = False
@@ -569,17 +572,6 @@ class Connection:
             await asyncio.wait_for(w.wait_closed(), 5)
         except (OSError, ConnectionError, asyncio.TimeoutError, Exception):
             pass
-
-
-def _handed_on(env, indices, statuses):
-    """The peer said DSN, so it got each NOTIFY and owes any success notice itself:
-    no "relayed" DSN from us for those delivered (RFC 3461 5.2.2; Sendmail sends one
-    only for local mailers (LMTP to the post office keeps its "delivered" DSN) and
-    peers without DSN)."""
-    for i, status in zip(indices, statuses):
-        r = env.recipients[i]
-        if status.ok and r.wants("SUCCESS") and "success" not in r.reported.split(","):
-            r.reported = ",".join(filter(None, [r.reported, "success"]))
 
 
 def _bare(address):
