@@ -45,6 +45,7 @@ from . import journal as journal_mod
 from . import maildir as maildir_mod
 from . import mbox
 from . import prog
+from .privs import as_user
 
 log = Channel()
 
@@ -70,6 +71,11 @@ class MessageSource:
             os.close(self.fd)
             self.fd = None
 
+    def size(self, with_return_path=True):
+        """The size of what chunks(mbox=False) yields."""
+        return (len(self.return_path) if with_return_path else 0) + len(self.headers) + 1 \
+            + os.fstat(self.fd).st_size
+
     def _body(self):
         """A fresh buffered reader of the body from its start (own descriptor)."""
         f = open(os.dup(self.fd), "rb", buffering=CHUNK)
@@ -86,12 +92,13 @@ class MessageSource:
         head = (self.return_path if with_return_path else b"") + self.headers + b"\n"
         if not mbox:
             yield head
-            with self._body() as f:
-                while True:
-                    data = f.read(CHUNK)
-                    if not data:
-                        return
-                    yield data
+            pos = 0
+            while True:
+                data = os.pread(self.fd, CHUNK, pos)
+                if not data:
+                    return
+                pos += len(data)
+                yield data
         yield self.from_line(stamp)
         out = []
         size = 0
@@ -129,11 +136,34 @@ def _clean(address):
     return "".join(ch for ch in (address or "") if ch not in "\r\n\0<>")
 
 
+_CACHE_TTL = 30.0    # seconds a looked-up account is trusted by a queue run
+_mail_group = [None, 0.0]
+_accounts = {}
+
+
 def _mail_gid():
-    try:
-        return grp.getgrnam("mail").gr_gid
-    except KeyError:
-        return None
+    now = time.monotonic()
+    if now - _mail_group[1] > _CACHE_TTL:
+        try:
+            _mail_group[0] = grp.getgrnam("mail").gr_gid
+        except KeyError:
+            _mail_group[0] = None
+        _mail_group[1] = now
+    return _mail_group[0]
+
+
+def _account(name):
+    """pwd.getpwnam, remembered for a few seconds (a queue run delivers many messages
+    to the same few users; each lookup reads /etc/passwd)."""
+    now = time.monotonic()
+    hit = _accounts.get(name)
+    if hit is not None and now - hit[1] <= _CACHE_TTL:
+        return hit[0]
+    pw = pwd.getpwnam(name)         # KeyError: no such user (not remembered)
+    if len(_accounts) > 1024:
+        _accounts.clear()
+    _accounts[name] = (pw, now)
+    return pw
 
 
 def _expand(template, layout, pw):
@@ -249,9 +279,9 @@ def _repair_root_file(path, uid, gid):
         os.close(fd)
 
 
-def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
+def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=None):
     try:
-        pw = pwd.getpwnam(rcpt.user)
+        pw = _account(rcpt.user)
     except KeyError:
         return DeliveryStatus("5.1.1", "User unknown")
     root = os.geteuid() == 0
@@ -265,14 +295,31 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
         if not os.path.isabs(path):
             return DeliveryStatus("5.3.5", "MaildirPath is not absolute: %s" % path)
 
+        retry = env.attempts > 1 or rcpt.attempts > 0
+
         def work(_jrnl):
-            return maildir_mod.deliver(path, source, env.qid, index)
+            # one message: new/ and cur/ are scanned for an earlier copy, whatever the
+            # queue file says (it may not have recorded an attempt killed after its link)
+            return maildir_mod.deliver(path, source, env.qid, index, created=env.created,
+                                       retry=True)
 
         if root:
             try:
                 _prepare_user_root(options, layout, pw)
             except OSError as e:
                 return DeliveryStatus("4.3.0", "%s: %s" % (path, e.strerror))
+        if batch is not None:
+            # A queue run: written to tmp/ now as the recipient, synced and moved into
+            # new/ with the others of the batch (maildir_batch.py).
+            who = creds if root and pw.pw_uid != 0 else None
+            with as_user(who):
+                status, item = maildir_mod.prepare(path, source, env.qid, index,
+                                                   created=env.created, retry=retry,
+                                                   listings=batch.listings)
+            if item is not None:
+                batch.add((env.qid, index), item, who)
+            return status
+        if root and pw.pw_uid != 0:     # root's own Maildir needs no child
             return journal_mod.run_as(creds, work, journal_mod.NullJournal())
         return work(None)
     if fmt != "mbox":
@@ -304,9 +351,11 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source):
     return work(jrnl)
 
 
-def deliver(env, rcpt_index, spool, layout, options, view=None):
+def deliver(env, rcpt_index, spool, layout, options, view=None, batch=None):
     """Deliver message `env` to env.recipients[rcpt_index] (mailer local, prog or file);
-    `view` (mailer_view.MailerView) writes its addresses as the cf's mailer does."""
+    `view` (mailer_view.MailerView) writes its addresses as the cf's mailer does.
+    With `batch` (maildir_batch.MaildirBatch), a Maildir delivery is only prepared:
+    the batch's commit() makes it durable and final."""
     options = options or {}
     rcpt = env.recipients[rcpt_index]
     try:
@@ -315,7 +364,8 @@ def deliver(env, rcpt_index, spool, layout, options, view=None):
         return DeliveryStatus("4.3.0", "cannot open queued body: %s" % e.strerror)
     try:
         if rcpt.mailer == "local":
-            status = _deliver_mailbox(env, rcpt_index, rcpt, spool, layout, options, source)
+            status = _deliver_mailbox(env, rcpt_index, rcpt, spool, layout, options, source,
+                                      batch)
         elif rcpt.mailer == "prog":
             status = prog.deliver_prog(rcpt.user, _ProgSource(source), source.sender,
                                        rcpt.owner, options)

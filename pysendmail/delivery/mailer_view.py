@@ -11,6 +11,8 @@ define (or no cf rules) leaves the message as queued.  Shared by the delivery ag
 """
 from .header_rewrite import rewrite_headers
 
+MEMO_SIZE = 4096    # rewritten addresses a MailerView remembers
+
 # The queue's mailer names and the cf's.
 CF_NAMES = {"file": "*file*", "include": "*include*"}
 
@@ -20,14 +22,28 @@ class MailerView:
         self.rules = rules
         self.mailer = rules.mailer(CF_NAMES.get(mailer_name, mailer_name)) if rules else None
         self.tempfail = False       # a map failed for now while rewriting
+        self._memo = {}             # (address, sender, header) -> rewritten text
+
+    def _remotename(self, addr, sender, header, canonical=False):
+        """rules.remotename, remembered: a queue run rewrites the same few addresses
+        (the same sender, the same list) again and again. A temporary map failure is
+        never remembered."""
+        key = (addr, sender, header)
+        text = self._memo.get(key)
+        if text is None:
+            text, rcode = self.rules.remotename(addr, self.mailer, sender, header,
+                                                canonical=canonical)
+            if rcode == 75:
+                self.tempfail = True
+            elif len(self._memo) < MEMO_SIZE:
+                self._memo[key] = text
+        return text
 
     def sender(self, addr):
         """The envelope sender as this mailer writes it ("" stays "")."""
         if not addr or self.mailer is None:
             return addr
-        text, rcode = self.rules.remotename(addr, self.mailer, True, False, canonical=True)
-        self.tempfail = self.tempfail or rcode == 75
-        return text or addr
+        return self._remotename(addr, True, False, canonical=True) or addr
 
     def headers(self, headers):
         """The header fields (raw bytes, Envelope.headers) with their addresses rewritten."""
@@ -35,9 +51,7 @@ class MailerView:
             return headers
 
         def rewrite(element, sender):
-            text, rcode = self.rules.remotename(element, self.mailer, sender, True)
-            self.tempfail = self.tempfail or rcode == 75
-            return text
+            return self._remotename(element, sender, True)
 
         limit = self.mailer.field("L")
         limit = int(limit) if limit and limit.strip().isdigit() else None

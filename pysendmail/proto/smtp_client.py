@@ -50,9 +50,9 @@ session (451 4.7.0), never sent in clear nor silently skipped. Replies: multi-li
 bare LF ok, MAX_LINE octets a line, MAX_LINES lines; else a protocol error.
 BodyEncoder (usable alone): CRLF line ends (CRLF, LF, bare CR each end a line, so no
 bare CR goes out: smuggling), dot-stuffing, any chunk split; no folding of long lines.
-Pure code: imports only base64 and sibling proto modules.
+Pure code: imports only binascii and sibling proto modules.
 """
-import base64
+import binascii
 
 from .smtp_events import NEED_DATA, LocalProtocolError
 from .smtp_reply import Reply
@@ -492,7 +492,7 @@ class SMTPClientConnection:
 
     @staticmethod
     def _b64(text):
-        return base64.b64encode(text.encode("utf-8"))
+        return binascii.b2a_base64(text.encode("utf-8"), newline=False)
 
     def _on_starttls(self, reply, _):
         if reply.code == 220:

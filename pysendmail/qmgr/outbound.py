@@ -110,10 +110,8 @@ class Outbound:
             return
         try:
             if message.finish:
-                self.qrun.finish(self.spool, attempt)
+                self.qrun.finish_or_hold(self.spool, attempt, message.fd)
         finally:
-            if message.fd is not None:
-                os.close(message.fd)
             self.out -= 1
             if not self.out:
                 self.idle.set()
@@ -228,7 +226,15 @@ class Destination:
                         job = await self.next_job()
                         if job is None:
                             return
-                        statuses = await conn.deliver(job.env, job.indices)
+                        try:
+                            statuses = await conn.deliver(job.env, job.indices)
+                        except BaseException:
+                            # a bug, not the peer: this job is deferred, never left open
+                            from ..model import DeliveryStatus
+                            self.ob.job_done(job, [DeliveryStatus(
+                                "4.3.0", "internal error in remote delivery")]
+                                * len(job.indices))
+                            raise
                         self.ob.job_done(job, statuses)
                         if not conn.usable:
                             break       # the peer closed (421) or broke: a new one
@@ -254,21 +260,23 @@ async def _run(qrun, spool, qids):
                 handled += 1
                 try:
                     attempt = qrun.begin(spool, qid)
-                    if attempt is not None and not attempt.remote:
-                        qrun.finish(spool, attempt)
                 except BaseException:
                     os.close(fd)
                     raise
-                if attempt is None or not attempt.remote:
+                if attempt is None:
                     os.close(fd)
-                else:
+                elif attempt.remote:
                     await ob.submit(attempt, fd)
+                else:
+                    qrun.finish_or_hold(spool, attempt, fd)
                 await asyncio.sleep(0)      # let the connections move
             await ob.drain()
+            qrun.flush(spool)
             qids = qrun.followups[:]        # the DSNs of this run go out in it
             qrun.followups.clear()
     finally:
         await ob.drain()
+        qrun.flush(spool)
         await agent.close()
     return handled
 
@@ -276,7 +284,12 @@ async def _run(qrun, spool, qids):
 def run_queue(qrun, spool, qids):
     """Deliver messages `qids` (lock, local part, remote part, finish), and the DSNs
     this queues. Returns how many messages were handled."""
-    return asyncio.run(_run(qrun, spool, list(qids)))
+    from ..delivery.maildir_batch import MaildirBatch
+    qrun.batch = MaildirBatch()
+    try:
+        return asyncio.run(_run(qrun, spool, list(qids)))
+    finally:
+        qrun.batch = None
 
 
 def deliver_remote(qrun, spool, attempts):

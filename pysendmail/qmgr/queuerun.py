@@ -24,6 +24,7 @@ from ..queue.spool import Spool
 LOCAL_MAILERS = ("local", "prog", "file")
 RETRY_BASE = 300            # first retry after 5 minutes, doubling, capped at RETRY_MAX
 RETRY_MAX = 4 * 3600
+BATCH_MESSAGES = 256        # messages held for one sync of their Maildir deliveries
 
 
 def _interval(options, name, default):
@@ -52,6 +53,8 @@ class QueueRun:
         self._listed = {}        # qid -> (file stamp, Envelope) read while listing the queue
         self._routing_qid = None
         self._local_ipc = None   # is the local mailer LMTP (P=[IPC])? known on first use
+        self.batch = None        # MaildirBatch of a run over several messages
+        self._held = []          # (Attempt, lock fd) waiting for the batch's sync
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
@@ -95,32 +98,82 @@ class QueueRun:
             self._listed[qid] = (stamp, env)
         todo.sort()
         qids = [qid for _, _, qid in todo]
+        if len(qids) > 1:
+            self.log.keep_open()    # one open of the log for the run, not one per line
         if any(self._may_go_remote(self._listed[qid][1]) for qid in qids):
             from .outbound import run_queue
             return run_queue(self, spool, qids)
+        from ..delivery.maildir_batch import MaildirBatch
         handled = 0
-        for qid in qids:
-            fd = spool.lock(qid)
-            if fd is None:
-                continue
-            try:
-                self.deliver_locked(spool, qid, fd)
+        self.batch = MaildirBatch() if len(qids) > 1 else None
+        try:
+            for qid in qids:
+                fd = spool.lock(qid)
+                if fd is None:
+                    continue
+                try:
+                    attempt = self.begin(spool, qid)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                if attempt is None:
+                    os.close(fd)
+                    continue
                 handled += 1
-            finally:
-                os.close(fd)
+                self.finish_or_hold(spool, attempt, fd)
+        finally:
+            self.flush(spool)
+            self.batch = None
         self.deliver_followups(spool)
         return handled
 
     # ----------------------------------------------------------------------------------
     def deliver_locked(self, spool, qid, lock_fd):
         """Deliver message `qid`, whose lock the caller holds. Returns a sysexits status."""
-        attempt = self.begin(spool, qid)
-        if attempt is None:
-            return EX_OK
-        if attempt.remote:
-            from .outbound import deliver_remote
-            deliver_remote(self, spool, [attempt])
-        return self.finish(spool, attempt)
+        batch, self.batch = self.batch, None    # one message: each delivery synced alone
+        try:
+            attempt = self.begin(spool, qid)
+            if attempt is None:
+                return EX_OK
+            if attempt.remote:
+                from .outbound import deliver_remote
+                deliver_remote(self, spool, [attempt])
+            return self.finish(spool, attempt)
+        finally:
+            self.batch = batch
+
+    def finish_or_hold(self, spool, attempt, fd):
+        """finish() the attempt and close its lock `fd` (None: the caller keeps it), or,
+        when some of its Maildir deliveries wait for the batch's sync, hold both until
+        flush()."""
+        if attempt.prepared:
+            self._held.append((attempt, fd))
+            if len(self._held) >= BATCH_MESSAGES:
+                self.flush(spool)
+            return
+        try:
+            self.finish(spool, attempt)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def flush(self, spool):
+        """Make the batch's Maildir deliveries durable (maildir_batch.py), then record
+        their outcomes and finish the messages held for them."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        failed = self.batch.commit() if self.batch is not None else {}
+        for attempt, fd in held:
+            try:
+                prepared, attempt.prepared = attempt.prepared, []
+                for index, status, started in prepared:
+                    self.record(attempt, index, failed.get((attempt.qid, index), status),
+                                started)
+                self.finish(spool, attempt)
+            finally:
+                if fd is not None:
+                    os.close(fd)
 
     def begin(self, spool, qid):
         """The local part of one delivery attempt of message `qid` (locked by the caller):
@@ -160,9 +213,17 @@ class QueueRun:
                     attempt.remote.append(index)
                 continue
             started = time.time()
+            before = len(self.batch) if self.batch is not None else 0
             status = self._deliver_one(env, index, spool)
+            if self.batch is not None and len(self.batch) > before:
+                # prepared, not durable yet: recorded by flush() after the batch's sync
+                attempt.prepared.append((index, status, started))
+                continue
             self.record(attempt, index, status, started)
-            spool.save(env)          # the outcome is durable before the next recipient
+            if any(not r.final for r in env.recipients):
+                spool.save(env)      # the outcome is durable before the next recipient
+            # else finish() removes the message or saves it; a crash before that repeats
+            # this delivery, which the agents make idempotent (Maildir names, mbox journal)
         return attempt
 
     def record(self, attempt, index, status, started):
@@ -299,7 +360,7 @@ class QueueRun:
         from ..model import DeliveryStatus
         try:
             return deliver(env, index, spool, self.layout, self.options,
-                           self._view(env.recipients[index].mailer))
+                           self._view(env.recipients[index].mailer), batch=self.batch)
         except OSError as e:
             return DeliveryStatus("4.3.0", "local delivery failed: %s" % e.strerror)
 
@@ -350,13 +411,14 @@ class QueueRun:
 class Attempt:
     """One delivery attempt of one message: its envelope, when it started, the
     recipients left for the remote agent, and what happened so far."""
-    __slots__ = ("qid", "env", "now", "remote", "deferred", "failed_now")
+    __slots__ = ("qid", "env", "now", "remote", "prepared", "deferred", "failed_now")
 
     def __init__(self, qid, env, now):
         self.qid = qid
         self.env = env
         self.now = now
         self.remote = []
+        self.prepared = []      # (index, status, started) of Maildir deliveries not synced
         self.deferred = False
         self.failed_now = False
 

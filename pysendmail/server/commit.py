@@ -21,28 +21,7 @@ concurrent flushes, but one process cannot have more than one in flight.
 """
 import os
 
-_syncfs = None
-
-
-def _load_syncfs():
-    """libc's syncfs(2) through ctypes, or None where it does not exist."""
-    global _syncfs
-    if _syncfs is None:
-        try:
-            import ctypes
-            libc = ctypes.CDLL(None, use_errno=True)
-            fn = libc.syncfs
-            fn.argtypes = [ctypes.c_int]
-            fn.restype = ctypes.c_int
-
-            def call(fd, fn=fn, ctypes=ctypes):
-                if fn(fd) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            _syncfs = call
-        except (OSError, AttributeError):
-            _syncfs = False
-    return _syncfs or None
+from ..queue.spool import syncfs_function as _load_syncfs
 
 
 class Pending:
