@@ -182,8 +182,6 @@ def test_local_lmtp_unix_socket_stock_flags(sm_root, passwd_dovecot, smtp_sink):
     assert not queue_files(sm_root)
 
 
-@pytest.mark.xfail(strict=True, reason="delivery/expand.py checks passwd for every local "
-                   "user; Sendmail does only when the local mailer has F=w (M_HASPWENT)")
 def test_local_lmtp_virtual_users_without_w(sm_root, dovecot, smtp_sink):
     """With MODIFY_MAILER_FLAGS(`LOCAL', `-w') Dovecot's virtual users (no passwd entry)
     are handed to LMTP as they are; an unknown one gets Dovecot's 550."""
@@ -425,8 +423,6 @@ class Forwarder:
             s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="proto/smtp_client.py takes no mechanism list: it "
-                   "always prefers PLAIN; smtp_agent.credentials() drops authinfo's M:")
 def test_authinfo_mechanism_list_honoured(sm_root, postfix_smarthost):
     """authinfo's "M:LOGIN" restricts the client to AUTH LOGIN (Sendmail intersects the
     server's list with it)."""

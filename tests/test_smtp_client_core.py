@@ -323,6 +323,18 @@ def test_auth_login_exchange():
     assert isinstance(ev, Ready) and ev.authenticated and c.authenticated
 
 
+def test_auth_mechanisms_restrict_and_order():
+    """authinfo's M: list: only those mechanisms, in that order; none in common fails."""
+    c, _ = tls_session(["AUTH PLAIN LOGIN"], credentials=("u", "p"), mechanisms=("LOGIN",))
+    assert c.data_to_send() == b"AUTH LOGIN\r\n"
+    c, _ = tls_session(["AUTH PLAIN LOGIN"], credentials=("u", "p"),
+                       mechanisms=("CRAM-MD5", "LOGIN", "PLAIN"))
+    assert c.data_to_send() == b"AUTH LOGIN\r\n"
+    c, evs = tls_session(["AUTH PLAIN"], credentials=("u", "p"), mechanisms=("LOGIN",))
+    assert [type(e).__name__ for e in evs] == ["ConnectionClosed"]
+    assert evs[0].stage == "auth" and evs[0].outcome.code == 451
+
+
 def test_auth_failure_keeps_the_reply():
     c, _ = tls_session(["AUTH PLAIN", "ENHANCEDSTATUSCODES"], credentials=("u", "p"))
     c.data_to_send()

@@ -254,3 +254,42 @@ def test_accepted_mail_is_delivered_through_aliases_by_the_root_queue_run(sm_roo
         assert wait_for(lambda: not queued(sm_root), 10)
     finally:
         d.stop()
+
+
+def test_command_right_after_the_tls_handshake_is_answered(daemon):
+    """A client that sends EHLO the moment its TLS handshake ends (TLS 1.3: in the same
+    flight as its Finished) gets the answer: the decrypted bytes can reach the session
+    before its own handshake step resumes, and must wait for it, not be dropped as
+    pre-handshake input. 30 sessions from an asyncio client (smtplib is slower to
+    speak and hid this)."""
+    import asyncio
+    import ssl
+    d = daemon()
+
+    async def one():
+        r, w = await asyncio.open_connection("127.0.0.1", d.port)
+
+        async def reply():
+            while True:
+                line = await asyncio.wait_for(r.readline(), 5)
+                if line[3:4] != b"-":
+                    return line
+        await reply()
+        w.write(b"EHLO client.example\r\n")
+        await reply()
+        w.write(b"STARTTLS\r\n")
+        assert (await reply()).startswith(b"220")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        await asyncio.wait_for(w.start_tls(ctx), 5)
+        w.write(b"EHLO client.example\r\n")
+        assert (await reply()).startswith(b"250 ")
+        w.write(b"QUIT\r\n")
+        assert (await reply()).startswith(b"221")
+        w.close()
+
+    async def main():
+        for _ in range(30):
+            await one()
+    asyncio.run(main())

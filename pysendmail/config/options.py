@@ -38,6 +38,7 @@ SSLEngine SSLEngineePath TLSFallbacktoClear UseCompressedIPv6Addresses MaxNOOPCo
 HeaderCheckTimeout QueueFileMode DeliveryMode LogLevel MailboxFormat MaildirPath
 QueueForeground QueueGroup LocalDomains AliasDatabase QueueInterval
 DaemonWorkers AuthPasswordFile ClientRate ClientConn
+AuthInfoFile TLSRequiredHosts TLSVerifyHosts MaxHostConnections MaxOutboundConnections
 """.split())
 
 

@@ -326,6 +326,22 @@ class _Expander:
         self.expanded = set()
         self._warned = False
         self._shells = None
+        self._check_passwd = None
+
+    def check_passwd(self):
+        """Must a local user be in the passwd file? Only when the cf's local mailer has
+        F=w, as Sendmail; without it (an LMTP local mailer handing mail to a post office
+        with virtual users) any name is a local target, without a .forward."""
+        if self._check_passwd is None:
+            self._check_passwd = True
+            try:
+                rules = getattr(self.ctx, "rules", None)     # RouteContext.rules: a property
+                m = rules.mailer("local") if rules is not None else None
+            except Exception:   # no usable cf: Sendmail's default, users must exist
+                m = None
+            if m is not None:
+                self._check_passwd = "w" in m.flags
+        return self._check_passwd
 
     def log(self, msg):
         log = getattr(self.ctx, "log", None)
@@ -458,6 +474,9 @@ class _Expander:
             return self.local("root", "root", depth, chain, owner, errors_to, False)
         pw = _getpw(name) or (_getpw(base) if plus else None)
         if pw is None:
+            if not self.check_passwd():
+                return self.add(Target(address, "local", name, parent=parent,
+                                       errors_to=errors_to, detail=detail))
             return self.add(Target(address, "error", address, parent=parent, status="5.1.1",
                                    diag="550 5.1.1 User unknown", errors_to=errors_to))
         if self.forward(pw, name, address, depth, chain, errors_to, detail):

@@ -206,20 +206,22 @@ class Agent:
         return ctx
 
     def credentials(self, host, address):
-        """(user, password[, authzid]) for `host` from the authinfo map, or None."""
+        """(authentication id, password[, authorization id]) and the mechanisms allowed
+        (authinfo's I:, P:, U:, M:) for `host`, or (None, None)."""
         path = self.options.get("AuthInfoFile") or self._authinfo_default()
         if not path:
-            return None
+            return None, None
         from . import authinfo
         try:
             creds = authinfo.lookup(path, host, address)
         except authinfo.AuthInfoError as e:
             self.log.err(None, "authinfo %s: %s" % (path, e))
-            return None
+            return None, None
         if creds is None:
-            return None
-        return (creds.user, creds.password) + ((creds.authid,) if creds.authid and
-                                               creds.authid != creds.user else ())
+            return None, None
+        login = creds.authid or creds.user
+        authz = (creds.user,) if creds.user and creds.user != login else ()
+        return (login, creds.password) + authz, creds.mechanisms or None
 
     def _authinfo_default(self):
         path = os.path.join(os.path.dirname(self.layout.cf), "authinfo")
@@ -267,7 +269,7 @@ class Agent:
         verify_hosts = _words(self.options, "TLSVerifyHosts")
         verify = host.lower() in verify_hosts or _tls_name(host).lower() in verify_hosts
         mta = "%s [%s]" % (host, address) if address else host
-        creds = None if path else self.credentials(host, address)
+        creds, mechanisms = (None, None) if path else self.credentials(host, address)
         must_tls = bool(creds) or port == 587 or host.lower() in tls_hosts or verify
         ssl_ctx = self.tls_context(verify) if route.implicit_tls else None
         try:
@@ -288,7 +290,8 @@ class Agent:
         client = core.SMTPClientConnection(
             self.helo_name, lmtp=route.lmtp, esmtp=True,
             starttls="never" if route.implicit_tls or path else ("must" if must_tls else "may"),
-            credentials=creds, auth_plaintext=bool(path) or route.implicit_tls)
+            credentials=creds, auth_plaintext=bool(path) or route.implicit_tls,
+            mechanisms=mechanisms)
         conn = Connection(self, route, client, reader, writer, host, mta, verify)
         if route.implicit_tls:
             client.tls = True

@@ -8,7 +8,8 @@ conn.data_to_send():
     ev = conn.next_event()               # an event, or NEED_DATA (read more)
 
 SMTPClientConnection(helo_name, *, lmtp=False, esmtp=True, starttls="may" ("never",
-"may", "must"), credentials=None ((user, password[, authzid])), auth_plaintext=False).
+"may", "must"), credentials=None ((user, password[, authzid])), auth_plaintext=False,
+mechanisms=("PLAIN", "LOGIN"): the SASL mechanisms we may use, in our order of preference).
 lmtp says LHLO (no HELO fallback) and reads one reply per accepted recipient after
 the dot; esmtp=False says HELO at once; EHLO answered 5xx falls back to HELO.
 
@@ -179,13 +180,14 @@ class SMTPClientConnection:
     """One outbound SMTP or LMTP session. See the module docstring."""
 
     def __init__(self, helo_name, *, lmtp=False, esmtp=True, starttls="may",
-                 credentials=None, auth_plaintext=False):
+                 credentials=None, auth_plaintext=False, mechanisms=("PLAIN", "LOGIN")):
         if starttls not in ("never", "may", "must"):
             raise ValueError("starttls must be never, may or must")
         if _bad_text(helo_name) or not helo_name:
             raise ValueError("bad HELO name")
         self.helo_name, self.lmtp, self.starttls_policy = helo_name, lmtp, starttls
         self._credentials, self.auth_plaintext = credentials, auth_plaintext
+        self._mechanisms = [m for m in mechanisms or ("PLAIN", "LOGIN") if m in ("PLAIN", "LOGIN")]
         self._want_esmtp = esmtp or lmtp
         self.state, self.tls, self.authenticated = GREETING, False, False
         self._in, self._out, self._events, self._queue = bytearray(), bytearray(), [], []
@@ -466,7 +468,7 @@ class SMTPClientConnection:
                 and "STARTTLS" in self.extensions:
             self._send(b"STARTTLS\r\n", "starttls", None)
             return
-        mechs = [m for m in ("PLAIN", "LOGIN") if m in self.auth_mechanisms]
+        mechs = [m for m in self._mechanisms if m in self.auth_mechanisms]
         problem = None
         if not self.tls and self.starttls_policy == "must":
             problem = ("starttls", "TLS required but not offered by the peer")

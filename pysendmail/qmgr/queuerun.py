@@ -274,9 +274,12 @@ class QueueRun:
         """Recipients not routed yet (the SMTP daemon queues them as the client gave them:
         aliases and .forward files are read here, as root) and those the cf could not
         route for now (a map's temporary failure, a $#error with a 4.x.x status) are
-        routed, replaced by what they give. True when the recipient list changed."""
-        pending = [r for r in env.recipients if not r.parent and not r.final and (
-            r.mailer == "" or (r.mailer == "error" and r.state == DEFERRED))]
+        routed, replaced by what they give. Recipients of remote mailers are routed again
+        too, as Sendmail parses every queued recipient at each run: a changed smart host
+        (DS) or mailertable applies to mail already queued. True when the list changed."""
+        pending = [r for r in env.recipients if not r.final and (
+            (not r.parent and (r.mailer == "" or (r.mailer == "error" and r.state == DEFERRED)))
+            or r.mailer not in LOCAL_MAILERS + ("error", ""))]
         if not pending:
             return False
         from ..delivery.router import RouteContext, resolve, to_recipient
@@ -287,25 +290,38 @@ class QueueRun:
                 self.layout, self.options, self.ident,
                 lambda m: self.log.info(self._routing_qid, m))
         self._routing_qid = env.qid
+        changed = False
         for r in pending:
+            remote = r.mailer not in LOCAL_MAILERS + ("error", "")
             try:
                 targets = resolve(r.addr, ctx)
             except AddressError as e:
                 r.state, r.status, r.diag = FAILED, "5.1.3", "553 5.1.3 " + e.reason
+                changed = True
                 continue
             except ConfigError as e:
                 self.log.err(env.qid, e.message)
                 return True
+            if remote and len(targets) == 1 and targets[0].mailer not in LOCAL_MAILERS + (
+                    "error", "discard"):
+                t = targets[0]      # still remote: the same recipient, maybe a new route
+                if (t.mailer, t.host, t.user) != (r.mailer, r.host, r.user):
+                    r.mailer, r.host, r.user = t.mailer, t.host, t.user
+                    changed = True
+                continue
+            changed = True
             new = [to_recipient(t, r.addr, notify=r.notify, orcpt=r.orcpt)
                    for t in targets if t.mailer != "discard"]
             for n in new:
                 n.attempts = r.attempts
+                if remote and not n.parent:
+                    n.parent, n.owner = r.parent, r.owner
             for t in targets:
                 if t.mailer == "discard":
                     self.log.info(env.qid, "%s... discarded" % (t.address or r.addr))
             at = env.recipients.index(r)
             env.recipients[at:at + 1] = new
-        return True
+        return changed
 
     def deliver_followups(self, spool):
         """Deliver the DSNs this run queued (a bounce should not wait for the next run)."""
@@ -465,7 +481,9 @@ def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="fail
             to_addr = write_dsn(tmp, env, recipients, kind, spool.df(env.qid), ident.j,
                                 int(time.time()),
                                 warn_after=_interval(options, "Timeout.queuewarn", "4h"),
-                                return_after=_interval(options, "Timeout.queuereturn", "5d"))
+                                return_after=_interval(options, "Timeout.queuereturn", "5d"),
+                                mailer_types=_mailer_types(layout, options, ident,
+                                                           recipients))
             if to_addr is None:
                 return None
             tmp.flush()
@@ -473,6 +491,27 @@ def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="fail
                                notify="NEVER" if not env.sender else "")
         finally:
             os.unlink(tmp_path)
+
+
+def _mailer_types(layout, options, ident, recipients):
+    """The cf's T= values (mtatype/addrtype/diagtype) of the recipients' mailers, for the
+    DSN's Remote-MTA, Final-Recipient and Diagnostic-Code types (None: the defaults)."""
+    from ..delivery.bounce import DEFAULT_MAILER_TYPES
+    from ..delivery.mailer_view import CF_NAMES
+    from ..delivery.router import load_rules
+    from ..errors import ConfigError
+    try:
+        rules = load_rules(layout, options, ident.j)
+    except ConfigError:
+        return None
+    table = dict(DEFAULT_MAILER_TYPES)
+    for r in recipients:
+        m = rules.mailer(CF_NAMES.get(r.mailer, r.mailer)) if r.mailer else None
+        types = (m.field("T") or "") if m is not None else ""
+        parts = [p.strip() for p in types.split("/")]
+        if len(parts) == 3 and all(parts):
+            table[r.mailer] = tuple(parts)
+    return table
 
 
 def _read_header_block(f, limit=1 << 20):
@@ -522,7 +561,7 @@ def inject_file(layout, options, ident, log, spool, sender, rcpt_texts, f, notif
             for t in targets:
                 if t.mailer == "discard":
                     continue
-                r = to_recipient(t, t.address, notify=notify or "NEVER")
+                r = to_recipient(t, t.address, notify=notify)
                 if r.state == FAILED:
                     r.reported = "failure"
                 env.recipients.append(r)

@@ -37,7 +37,7 @@ class SMTPSession(asyncio.Protocol):
     __slots__ = ("w", "listener", "transport", "conn", "client", "deadline", "incoming",
                  "sender", "mail_params", "rcpts", "discard", "waiting", "counted",
                  "sasl", "closing", "paused_writing", "tls_macros", "last_block",
-                 "mail_raw", "discard_all", "_log_id")
+                 "mail_raw", "discard_all", "_log_id", "tls_early")
 
     def __init__(self, worker, listener):
         self.w = worker
@@ -56,6 +56,7 @@ class SMTPSession(asyncio.Protocol):
         self.last_block = 0
         self.discard_all = False
         self._log_id = None
+        self.tls_early = None       # bytes that came over TLS before _handshake() resumed
         self._reset()
 
     def _reset(self):
@@ -116,6 +117,12 @@ class SMTPSession(asyncio.Protocol):
     def data_received(self, data):
         conn = self.conn
         if conn is None:
+            return
+        if self.tls_early is not None:
+            # The handshake is done but _handshake() has not resumed yet: the client's
+            # first command over TLS (decrypted, so never plaintext injected before the
+            # handshake) waits for conn.tls_started().
+            self.tls_early.append(data)
             return
         if conn.phase in (DATA, BDAT):
             self.last_block += len(data)
@@ -415,6 +422,7 @@ class SMTPSession(asyncio.Protocol):
         self.transport.write(out)
         self.transport.pause_reading()
         self.waiting = True
+        self.tls_early = []
         asyncio.ensure_future(self._handshake())
         return None
 
@@ -442,6 +450,9 @@ class SMTPSession(asyncio.Protocol):
                    % (self.relay_text(), m.get("tls_version", ""), m.get("verify", "NO"),
                       m.get("cipher", ""), m.get("cipher_bits", "")))
         self.conn.tls_started()
+        early, self.tls_early = self.tls_early, None
+        for data in early:
+            self.conn.receive_data(data)
         self.deadline = time.monotonic() + w.timeout_command
         self._resume()
 
