@@ -45,7 +45,7 @@ from . import journal as journal_mod
 from . import maildir as maildir_mod
 from . import mbox
 from . import prog
-from .privs import as_user
+from .privs import as_root, as_user
 
 log = Channel()
 
@@ -279,6 +279,29 @@ def _repair_root_file(path, uid, gid):
         os.close(fd)
 
 
+def _pool_placer(spool, uid, gid):
+    """maildir.prepare's placer: a recycled queue file (spool.take_into) moved into the
+    recipient's tmp/ directory. The directory is opened as the recipient (their view
+    of the path, no symlink at its end) and must be theirs; only the move out of the
+    root-only pool is done as root, through descriptors."""
+    def place(tmp_dir, name):
+        try:
+            dir_fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if os.fstat(dir_fd).st_uid != uid:
+                return None
+            with as_root():
+                return spool.take_into(dir_fd, name, uid, gid)
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+    return place
+
+
 def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=None):
     try:
         pw = _account(rcpt.user)
@@ -313,9 +336,10 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=Non
             # new/ with the others of the batch (maildir_batch.py).
             who = creds if root and pw.pw_uid != 0 else None
             with as_user(who):
-                status, item = maildir_mod.prepare(path, source, env.qid, index,
-                                                   created=env.created, retry=retry,
-                                                   listings=batch.listings)
+                status, item = maildir_mod.prepare(
+                    path, source, env.qid, index, created=env.created, retry=retry,
+                    listings=batch.listings,
+                    placer=_pool_placer(spool, pw.pw_uid, pw.pw_gid))
             if item is not None:
                 batch.add((env.qid, index), item, who)
             return status

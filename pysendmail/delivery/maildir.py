@@ -141,13 +141,15 @@ def _error(maildir, e):
 
 
 def prepare(maildir, source, qid, index, created=None, retry=True, sync=False,
-            listings=None):
+            listings=None, placer=None):
     """Write the message of `source` to tmp/ (fsync'd only with `sync`).
     Returns (DeliveryStatus, Prepared or None): None when it is already delivered
     or failed (the status says which).
 
     The name is base_name(created, qid, index) + ",S=<size>", the size known before
-    writing (the header block plus the queued body). A file of that name in new/ means
+    writing (the header block plus the queued body); `placer(tmp_dir, name)` may give
+    the tmp/ file (a recycled queue file moved there: no inode to allocate) instead of
+    creating it. A file of that name in new/ means
     an earlier attempt finished: nothing is written. Then new/ and cur/ (where a mail
     reader moves what it has seen) are looked at: through `listings` (a dict the
     caller keeps for a run: Maildir -> delivered_parts, scanned once), or, without
@@ -184,11 +186,13 @@ def prepare(maildir, source, qid, index, created=None, retry=True, sync=False,
                                   % found), None
         tmp_path = os.path.join(maildir, "tmp", name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            fd = os.open(tmp_path, flags, 0o600)
-        except FileExistsError:         # left by a killed attempt
-            os.unlink(tmp_path)
-            fd = os.open(tmp_path, flags, 0o600)
+        fd = placer(os.path.join(maildir, "tmp"), name) if placer is not None else None
+        if fd is None:
+            try:
+                fd = os.open(tmp_path, flags, 0o600)
+            except FileExistsError:     # left by a killed attempt
+                os.unlink(tmp_path)
+                fd = os.open(tmp_path, flags, 0o600)
         written = 0
         try:
             for chunk in source.chunks(mbox=False):

@@ -41,3 +41,24 @@ class as_user:
                 os._exit(71)
             self.saved = None
         return False
+
+
+class as_root:
+    """Back to root for a moment inside as_user (to take a file from the queue's pool);
+    nothing when the real uid is not root."""
+    __slots__ = ("euid",)
+
+    def __init__(self):
+        self.euid = None
+
+    def __enter__(self):
+        if os.getuid() == 0 and os.geteuid() != 0:
+            self.euid = os.geteuid()
+            os.seteuid(0)
+        return self
+
+    def __exit__(self, *exc):
+        if self.euid is not None:
+            os.seteuid(self.euid)
+            self.euid = None
+        return False

@@ -25,6 +25,7 @@ LOCAL_MAILERS = ("local", "prog", "file")
 RETRY_BASE = 300            # first retry after 5 minutes, doubling, capped at RETRY_MAX
 RETRY_MAX = 4 * 3600
 BATCH_MESSAGES = 256        # messages held for one sync of their Maildir deliveries
+RUNNER_MESSAGES = 64        # a run of fewer messages stays in one process
 
 
 def _interval(options, name, default):
@@ -54,6 +55,7 @@ class QueueRun:
         self._routing_qid = None
         self._local_ipc = None   # is the local mailer LMTP (P=[IPC])? known on first use
         self.batch = None        # MaildirBatch of a run over several messages
+        self.remover = None      # remover.Remover of a run over several messages
         self._held = []          # (Attempt, lock fd) waiting for the batch's sync
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
@@ -100,6 +102,60 @@ class QueueRun:
         qids = [qid for _, _, qid in todo]
         if len(qids) > 1:
             self.log.keep_open()    # one open of the log for the run, not one per line
+        children = []
+        runners = self._runners(len(qids))
+        if runners > 1:
+            # Sendmail's MaxRunnersPerQueue: the queue split among processes (each
+            # message is still locked by whoever delivers it), so a long run uses every
+            # CPU, as Postfix's several delivery agents do.
+            shards = [qids[i::runners] for i in range(runners)]
+            qids = shards[0]
+            for shard in shards[1:]:
+                pid = os.fork()
+                if pid == 0:
+                    status = 0
+                    try:
+                        self._run_shard(spool, shard)
+                    except BaseException:
+                        status = 70
+                    finally:
+                        os._exit(status)
+                children.append(pid)
+        try:
+            return self._run_shard(spool, qids)
+        finally:
+            for pid in children:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
+    def _runners(self, count):
+        """How many processes share a run of `count` messages: MaxRunnersPerQueue
+        (default: the CPUs, at most 4), only for runs long enough to gain from it."""
+        if count < RUNNER_MESSAGES:
+            return 1
+        try:
+            want = int(str(self.options.get("MaxRunnersPerQueue") or 0).strip())
+        except ValueError:
+            want = 0
+        if want <= 0:
+            want = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                       else (os.cpu_count() or 1), 4)
+        return max(1, min(want, count // (RUNNER_MESSAGES // 2)))
+
+    def _run_shard(self, spool, qids):
+        if len(qids) > 1:
+            from .remover import Remover
+            self.remover = Remover(self.layout.queue, self.log)
+        try:
+            return self._run_all(spool, qids)
+        finally:
+            if self.remover is not None:
+                self.remover.close()
+                self.remover = None
+
+    def _run_all(self, spool, qids):
         if any(self._may_go_remote(self._listed[qid][1]) for qid in qids):
             from .outbound import run_queue
             return run_queue(self, spool, qids)
@@ -151,11 +207,12 @@ class QueueRun:
             if len(self._held) >= BATCH_MESSAGES:
                 self.flush(spool)
             return
+        attempt.fd = fd
         try:
             self.finish(spool, attempt)
         finally:
-            if fd is not None:
-                os.close(fd)
+            if attempt.fd is not None:
+                os.close(attempt.fd)
 
     def flush(self, spool):
         """Make the batch's Maildir deliveries durable (maildir_batch.py), then record
@@ -165,6 +222,7 @@ class QueueRun:
         held, self._held = self._held, []
         failed = self.batch.commit() if self.batch is not None else {}
         for attempt, fd in held:
+            attempt.fd = fd
             try:
                 prepared, attempt.prepared = attempt.prepared, []
                 for index, status, started in prepared:
@@ -172,8 +230,8 @@ class QueueRun:
                                 started)
                 self.finish(spool, attempt)
             finally:
-                if fd is not None:
-                    os.close(fd)
+                if attempt.fd is not None:
+                    os.close(attempt.fd)
 
     def begin(self, spool, qid):
         """The local part of one delivery attempt of message `qid` (locked by the caller):
@@ -259,7 +317,12 @@ class QueueRun:
         self._expire(env, now)
         self._send_dsns(env, spool, now)
         if env.done:
-            spool.remove(env.qid, len(env.recipients))
+            if self.remover is not None and attempt.fd is not None:
+                # removed in the remover's thread, which then closes the lock
+                self.remover.remove(env.qid, len(env.recipients), attempt.fd)
+                attempt.fd = None
+            else:
+                spool.remove(env.qid, len(env.recipients))
         else:
             pending = [r for r in env.recipients if not r.final and r.mailer]
             env.next_attempt = next_retry(env.attempts, now) if pending else 0
@@ -427,9 +490,10 @@ class QueueRun:
 class Attempt:
     """One delivery attempt of one message: its envelope, when it started, the
     recipients left for the remote agent, and what happened so far."""
-    __slots__ = ("qid", "env", "now", "remote", "prepared", "deferred", "failed_now")
+    __slots__ = ("qid", "env", "now", "remote", "prepared", "deferred", "failed_now", "fd")
 
     def __init__(self, qid, env, now):
+        self.fd = None          # the lock, when finish() may hand it to the remover
         self.qid = qid
         self.env = env
         self.now = now

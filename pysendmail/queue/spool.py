@@ -114,6 +114,7 @@ class Spool:
         self._pool_listed = 0.0    # when the pool was last listed
         self._pool_seq = 0
         self._pool_count = None    # files in the pool, counted once per process
+        self._pool_counted = 0.0   # when it was last counted
 
     # -- the file pool -------------------------------------------------------------------
     def take_file(self, path, check=True):
@@ -212,9 +213,79 @@ class Spool:
             except OSError:
                 return False
         if self._pool_count >= POOL_MAX:
-            return False
+            # others take files out (SMTP workers, Maildir deliveries): count again,
+            # at most once a second
+            now = time.monotonic()
+            if now - self._pool_counted < 1.0:
+                return False
+            self._pool_counted = now
+            try:
+                self._pool_count = len(os.listdir(self.pool))
+            except OSError:
+                return False
+            if self._pool_count >= POOL_MAX:
+                return False
         self._pool_count += 1
         return True
+
+    def take_into(self, dir_fd, name, uid, gid):
+        """Move an empty pool file into the directory `dir_fd` as `name`, owned by
+        uid:gid, mode 0600, and return it open O_RDWR; None when the pool has none or
+        that directory is on another file system (the caller creates the file). For
+        Maildir deliveries: no inode allocated for the message, none freed for the
+        queue files (see the module docstring). The file is claimed by a rename inside
+        the pool, made the user's and emptied there, and only then moved out."""
+        try:
+            pool_fd = os.open(self.pool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            for _ in range(8):
+                if not self._pool_names:
+                    now = time.monotonic()
+                    if now - self._pool_listed < 1.0:
+                        return None
+                    self._pool_listed = now
+                    self._pool_names = [n for n in os.listdir(pool_fd)
+                                        if not n.startswith(".")]
+                    if not self._pool_names:
+                        return None
+                src = self._pool_names.pop()
+                self._pool_seq += 1
+                claimed = ".taken.%d.%d" % (os.getpid(), self._pool_seq)
+                try:
+                    os.rename(src, claimed, src_dir_fd=pool_fd, dst_dir_fd=pool_fd)
+                except OSError:
+                    continue                # another process took it
+                fd = None
+                try:
+                    fd = os.open(claimed, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=pool_fd)
+                    st = os.fstat(fd)
+                    if st.st_nlink != 1 or (st.st_mode & 0o170000) != 0o100000:
+                        os.close(fd)
+                        os.unlink(claimed, dir_fd=pool_fd)
+                        continue
+                    if st.st_size:
+                        os.ftruncate(fd, 0)
+                    if (st.st_uid, st.st_gid) != (uid, gid):
+                        os.fchown(fd, uid, gid)
+                    if st.st_mode & 0o7777 != 0o600:
+                        os.fchmod(fd, 0o600)
+                    os.rename(claimed, name, src_dir_fd=pool_fd, dst_dir_fd=dir_fd)
+                    return fd
+                except OSError:
+                    # EXDEV (another file system), a chown refused: back to the pool
+                    if fd is not None:
+                        os.close(fd)
+                    try:
+                        os.rename(claimed, src, src_dir_fd=pool_fd, dst_dir_fd=pool_fd)
+                    except OSError:
+                        pass
+                    return None
+            return None
+        finally:
+            os.close(pool_fd)
 
     def _pool_owner(self):
         """Files in the pool belong to the queue directory's owner (the SMTP workers' user
