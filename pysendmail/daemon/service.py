@@ -163,8 +163,12 @@ class Service:
             if w is not None:
                 os.close(w)
             from ..qmgr.queuerun import QueueRun
+            # One process unless MaxRunnersPerQueue says more: the service's runs share
+            # the CPUs with the SMTP workers, whose accepting comes first.
+            runners = None if self.options.get("MaxRunnersPerQueue") else 1
             while True:
-                QueueRun(self.layout, self.options, self.ident, self.log).run(force=False)
+                QueueRun(self.layout, self.options, self.ident, self.log).run(
+                    force=False, runners=runners)
                 if r is None:
                     break
                 ready, _, _ = select.select([r], [], [], RUNNER_LINGER)

@@ -64,8 +64,9 @@ class QueueRun:
             os.write(1, (text + "\n").encode("utf-8", "surrogateescape"))
 
     # ----------------------------------------------------------------------------------
-    def run(self, filters=(), force=True, include_held=False):
-        """One pass over the queue. Returns the number of messages handled."""
+    def run(self, filters=(), force=True, include_held=False, runners=None):
+        """One pass over the queue. Returns the number of messages handled. `runners`:
+        how many processes may share it (None: MaxRunnersPerQueue, else the CPUs)."""
         if os.path.isdir(self.layout.maildrop) and os.access(self.layout.queue, os.W_OK | os.X_OK):
             from .pickup import pickup_all
             pickup_all(self.layout, self.options, self.ident, self.log)
@@ -103,7 +104,7 @@ class QueueRun:
         if len(qids) > 1:
             self.log.keep_open()    # one open of the log for the run, not one per line
         children = []
-        runners = self._runners(len(qids))
+        runners = self._runners(len(qids), runners)
         if runners > 1:
             # Sendmail's MaxRunnersPerQueue: the queue split among processes (each
             # message is still locked by whoever delivers it), so a long run uses every
@@ -130,15 +131,17 @@ class QueueRun:
                 except ChildProcessError:
                     pass
 
-    def _runners(self, count):
-        """How many processes share a run of `count` messages: MaxRunnersPerQueue
-        (default: the CPUs, at most 4), only for runs long enough to gain from it."""
+    def _runners(self, count, want=None):
+        """How many processes share a run of `count` messages: `want`, else
+        MaxRunnersPerQueue, else the CPUs (at most 4); only for runs long enough to gain
+        from it."""
         if count < RUNNER_MESSAGES:
             return 1
-        try:
-            want = int(str(self.options.get("MaxRunnersPerQueue") or 0).strip())
-        except ValueError:
-            want = 0
+        if want is None:
+            try:
+                want = int(str(self.options.get("MaxRunnersPerQueue") or 0).strip())
+            except ValueError:
+                want = 0
         if want <= 0:
             want = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                        else (os.cpu_count() or 1), 4)
