@@ -50,6 +50,7 @@ def make_cf(directory, ds=None, dm=None, masq_envelope=False, name="sendmail.cf"
     d = str(directory)
     text = read_shipped()
     for etc, mine in (("/etc/mail/virtusertable", "virtusertable"),
+                      ("/etc/mail/mailertable", "mailertable"),
                       ("/etc/mail/virthosts", "virthosts"),
                       ("/etc/mail/local-host-names", "local-host-names")):
         assert text.count(etc) >= 1, etc

@@ -288,6 +288,7 @@ def test_command_right_after_the_tls_handshake_is_answered(daemon):
         w.write(b"QUIT\r\n")
         assert (await reply()).startswith(b"221")
         w.close()
+        await w.wait_closed()
 
     async def main():
         for _ in range(30):

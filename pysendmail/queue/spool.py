@@ -20,7 +20,8 @@ with its process: `kill -9` frees it.
 
 Finished messages' files are recycled rather than unlinked: `remove()` empties them
 and moves them into `<spool>/pool/` (beside the queue, same file system), and `allocate()` and `take_file()` rename one out
-under the new name (at most POOL_MAX are kept). Creating a file costs an inode
+under the new name (at most POOL_MAX are kept; a file is emptied under a dot name
+that no taker looks at before it is offered). Creating a file costs an inode
 allocation, and on ext4 without a journal (this project's test machine) the allocator
 skips every inode freed in the last minutes, so a busy queue that deletes a message
 per message makes each creation slower; a rename costs neither. A recycled file is
@@ -128,7 +129,8 @@ class Spool:
                     return None
                 self._pool_listed = now
                 try:
-                    self._pool_names = os.listdir(self.pool)
+                    self._pool_names = [n for n in os.listdir(self.pool)
+                                        if not n.startswith(".")]
                 except OSError:
                     return None
                 if not self._pool_names:
@@ -180,15 +182,20 @@ class Spool:
             st = os.fstat(fd)
             ok = st.st_nlink == 1 and (st.st_mode & 0o170000) == 0o100000
             if ok and self._pool_room():
-                # out of the queue first (a crash then leaves a full file in the pool,
-                # never an emptied control file in the queue), then emptied
+                # out of the queue first, under a name no taker looks at (a crash then
+                # leaves a full file in the pool, never an emptied control file in the
+                # queue), emptied there, and only then offered: a taker must never get
+                # a file that this process will still truncate
                 self._pool_seq += 1
-                os.rename(path, os.path.join(self.pool, "%d.%d.%d" % (
-                    os.getpid(), int(time.time() * 1000) % 100000000, self._pool_seq)))
+                name = "%d.%d.%d" % (os.getpid(), int(time.time() * 1000) % 100000000,
+                                     self._pool_seq)
+                staged = os.path.join(self.pool, "." + name)
+                os.rename(path, staged)
                 os.ftruncate(fd, 0)
                 owner = self._pool_owner()
                 if owner is not None and (st.st_uid, st.st_gid) != owner:
                     os.fchown(fd, owner[0], owner[1])
+                os.rename(staged, os.path.join(self.pool, name))
                 return True
         except OSError:
             pass

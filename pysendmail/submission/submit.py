@@ -375,7 +375,7 @@ class Submission:
         self.status = EX_NOUSER
         mode = self.error_mode()
         if mode in ("m", "w", "e"):
-            from ..qmgr.queuerun import queue_bounce
+            from ..qmgr.bounces import queue_bounce
             qid = queue_bounce(self.layout, self.options, self.ident, self.log, env, failed, spool)
             if qid:
                 self.followups.append(qid)
@@ -419,7 +419,7 @@ class Submission:
             failed = [r for r in env.recipients if r.state == FAILED]
             qid = None
             if failed and env.sender:
-                from ..qmgr.queuerun import queue_bounce
+                from ..qmgr.bounces import queue_bounce
                 qid = queue_bounce(self.layout, self.options, self.ident, self.log, env,
                                    failed, spool)
             if qid:
