@@ -19,7 +19,8 @@ option, default /etc/mail/service.switch; without that file Sendmail's own order
           first of resolv_confs that exists (a private instance's etc/resolv.conf, then
           /etc/resolv.conf); ResolverOptions: [+-]DEFNAMES, [+-]DNSRCH, [+-]AAONLY
           (accepted), use_inet6, HasWildcardMX, WorkAroundBrokenAAAA; the timeouts are
-          Timeout.resolver.retrans (default 5s) and Timeout.resolver.retry (default 4).
+          Timeout.resolver.retrans and Timeout.resolver.retry (default: resolv.conf's
+          options timeout: and attempts:, else 5 s and 2, as glibc's resolver).
 
 `canonify.dns.mx(host)` is getmxrr() for -bt's /mx.  `canonify.hostent(name)` is the
 files service's view of a name (its canonical name,
@@ -80,6 +81,26 @@ def _seconds(text, default):
         return default
 
 
+def _resolv_options(path):
+    """(timeout, attempts) from a resolv.conf's options line; glibc's 5 and 2 without."""
+    timeout, attempts = 5, 2
+    try:
+        with open(path or "/etc/resolv.conf") as f:
+            for line in f:
+                words = line.split()
+                if words[:1] != ["options"]:
+                    continue
+                for w in words[1:]:
+                    name, _, value = w.partition(":")
+                    if value.isdigit() and name == "timeout":
+                        timeout = max(int(value), 1)
+                    elif value.isdigit() and name == "attempts":
+                        attempts = max(int(value), 1)
+    except OSError:
+        pass
+    return timeout, attempts
+
+
 class Dns:
     """The `dns` service (see the module docstring)."""
 
@@ -102,8 +123,11 @@ class Dns:
             conf = next((p for p in self.resolv_confs if os.path.exists(p)), None)
             r = dns.resolver.Resolver(filename=conf) if conf else \
                 dns.resolver.Resolver(configure=False)
-            retrans = _seconds(self.options.get("Timeout.resolver.retrans"), 5)
-            retry = _seconds(self.options.get("Timeout.resolver.retry"), 4) or 1
+            # Unset, the resolver's own settings apply, as for Sendmail (res_init):
+            # resolv.conf's "options timeout:N attempts:N", else 5 s and 2 tries.
+            conf_timeout, conf_attempts = _resolv_options(conf)
+            retrans = _seconds(self.options.get("Timeout.resolver.retrans"), conf_timeout)
+            retry = _seconds(self.options.get("Timeout.resolver.retry"), conf_attempts) or 1
             r.timeout = retrans
             r.lifetime = retrans * retry
             self._resolver = r
