@@ -425,3 +425,82 @@ def test_sweep_orphans_removes_only_old_leftovers(tmp_path):
     left = set(os.listdir(spool.path))
     assert {"qf" + qid, "df" + qid, "jf%s.0" % qid, "df" + writing, "dfYOUNG000000001"} <= left
     os.close(wfd)
+
+
+# -- the pool keeps recycled files whole; takers overwrite and cut them -------------------
+
+def _pool_file(spool, name, data):
+    os.makedirs(spool.pool, 0o700, exist_ok=True)
+    with open(os.path.join(spool.pool, name), "wb") as f:
+        f.write(data)
+
+
+def test_recycled_file_keeps_its_bytes_and_the_taker_cuts_it(tmp_path):
+    spool = Spool(str(tmp_path / "queue"), use_pool=True)
+    os.makedirs(spool.path, 0o700)
+    old = b"an old message nobody should see again\n" * 300
+    _pool_file(spool, "1.1.1", old)
+    qid, fd = spool.allocate()
+    try:
+        assert os.fstat(fd).st_size == len(old)        # blocks kept for reuse
+        os.write(fd, b"new body\n")
+        spool.cut_to(fd, len(b"new body\n"))
+    finally:
+        os.close(fd)
+    with open(spool.df(qid), "rb") as f:
+        assert f.read() == b"new body\n"
+    assert os.listdir(spool.pool) == []
+    # removal recycles whole (no truncation), so the next taker again gets old bytes
+    env = Envelope(qid=qid, created=int(time.time()), sender="a@x",
+                   recipients=[Recipient("b@y")], headers=[b"Subject: s"])
+    spool._write_control(spool.qf(qid), env)
+    spool.remove(qid, 1)
+    sizes = sorted(os.path.getsize(os.path.join(spool.pool, n)) for n in os.listdir(spool.pool))
+    assert len(sizes) == 2 and len(b"new body\n") in sizes and all(s > 0 for s in sizes)
+
+
+def test_maildir_file_from_the_pool_never_shows_old_bytes(tmp_path):
+    """A Maildir delivery reuses a pool file: written in the pool, cut to length, then
+    moved into tmp/ and new/; a tmp/ directory that is not the recipient's gets a new
+    file instead."""
+    from pysendmail.delivery import local, maildir
+    spool = Spool(str(tmp_path / "queue"))
+    os.makedirs(spool.path, 0o700)
+    old = b"SECRET of another message\n" * 500
+    _pool_file(spool, "1.1.1", old)
+
+    class Source:
+        data = b"Subject: hi\n\nshort\n"
+
+        def size(self):
+            return len(self.data)
+
+        def chunks(self, mbox=False):
+            yield self.data
+
+    md = str(tmp_path / "Maildir")
+    placer = local._PoolPlacer(spool, os.getuid(), os.getgid())
+    status, item = maildir.prepare(md, Source(), "QID1", 0, created=1, retry=False,
+                                   placer=placer)
+    assert status.ok and item is not None
+    maildir.publish(item)
+    with open(item.final, "rb") as f:
+        assert f.read() == Source.data
+    assert item.final.endswith(",S=%d" % len(Source.data))
+    assert os.listdir(spool.pool) == []                # the pool file became the message
+    # a tmp/ owned by someone else: no placement (a new file), the pool file stays put
+    _pool_file(spool, "2.2.2", old)
+    spool._pool_names = []
+    spool._pool_listed = 0.0
+    other = local._PoolPlacer(spool, os.getuid() + 1, os.getgid())
+    assert other.place(("nothing", "nothing"), os.path.join(md, "tmp"), "x") is False
+    status, item = maildir.prepare(md, Source(), "QID2", 0, created=1, retry=False,
+                                   placer=other)
+    assert status.ok
+    maildir.publish(item)
+    with open(item.final, "rb") as f:
+        assert f.read() == Source.data
+    left = os.listdir(spool.pool)
+    assert len(left) == 1 and not left[0].startswith(".")
+    with open(os.path.join(spool.pool, left[0]), "rb") as f:
+        assert f.read() == b""      # given back emptied: it had been written

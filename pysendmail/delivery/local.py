@@ -279,27 +279,37 @@ def _repair_root_file(path, uid, gid):
         os.close(fd)
 
 
-def _pool_placer(spool, uid, gid):
-    """maildir.prepare's placer: a recycled queue file (spool.take_into) moved into the
-    recipient's tmp/ directory. The directory is opened as the recipient (their view
-    of the path, no symlink at its end) and must be theirs; only the move out of the
-    root-only pool is done as root, through descriptors."""
-    def place(tmp_dir, name):
+class _PoolPlacer:
+    """maildir.prepare's placer: recycled queue files (spool.claim) for a recipient's
+    Maildir. Claimed and written in the root-only pool, then moved into the
+    recipient's tmp/ directory, opened as the recipient (their view of the path, no
+    symlink at its end) and required to be theirs; only the pool work is done as root,
+    through descriptors."""
+
+    def __init__(self, spool, uid, gid):
+        self.spool, self.uid, self.gid = spool, uid, gid
+
+    def claim(self):
+        with as_root():
+            return self.spool.claim(self.uid, self.gid)
+
+    def place(self, token, tmp_dir, name):
         try:
             dir_fd = os.open(tmp_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
                              | os.O_CLOEXEC)
         except OSError:
-            return None
+            return False
         try:
-            if os.fstat(dir_fd).st_uid != uid:
-                return None
+            if os.fstat(dir_fd).st_uid != self.uid:
+                return False
             with as_root():
-                return spool.take_into(dir_fd, name, uid, gid)
-        except OSError:
-            return None
+                return self.spool.place(token, dir_fd, name)
         finally:
             os.close(dir_fd)
-    return place
+
+    def release(self, token):
+        with as_root():
+            self.spool.unclaim(token)
 
 
 def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=None):
@@ -339,7 +349,7 @@ def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=Non
                 status, item = maildir_mod.prepare(
                     path, source, env.qid, index, created=env.created, retry=retry,
                     listings=batch.listings,
-                    placer=_pool_placer(spool, pw.pw_uid, pw.pw_gid))
+                    placer=_PoolPlacer(spool, pw.pw_uid, pw.pw_gid))
             if item is not None:
                 batch.add((env.qid, index), item, who)
             return status

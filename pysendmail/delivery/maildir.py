@@ -147,9 +147,10 @@ def prepare(maildir, source, qid, index, created=None, retry=True, sync=False,
     or failed (the status says which).
 
     The name is base_name(created, qid, index) + ",S=<size>", the size known before
-    writing (the header block plus the queued body); `placer(tmp_dir, name)` may give
-    the tmp/ file (a recycled queue file moved there: no inode to allocate) instead of
-    creating it. A file of that name in new/ means
+    writing (the header block plus the queued body); `placer` (claim/place/release)
+    may give a recycled queue file, written while still out of the user's sight and
+    then moved to tmp/ (no inode to allocate), instead of a new file. A file of that
+    name in new/ means
     an earlier attempt finished: nothing is written. Then new/ and cur/ (where a mail
     reader moves what it has seen) are looked at: through `listings` (a dict the
     caller keeps for a run: Maildir -> delivered_parts, scanned once), or, without
@@ -185,28 +186,20 @@ def prepare(maildir, source, qid, index, created=None, retry=True, sync=False,
             return DeliveryStatus("2.0.0", "Delivered (already in Maildir as %s)"
                                   % found), None
         tmp_path = os.path.join(maildir, "tmp", name)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = placer(os.path.join(maildir, "tmp"), name) if placer is not None else None
-        if fd is None:
+        written = None
+        if placer is not None:
+            written = _write_placed(placer, source, os.path.join(maildir, "tmp"), name, sync)
+        if written is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 fd = os.open(tmp_path, flags, 0o600)
             except FileExistsError:     # left by a killed attempt
                 os.unlink(tmp_path)
                 fd = os.open(tmp_path, flags, 0o600)
-        written = 0
-        try:
-            for chunk in source.chunks(mbox=False):
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                    written += n
-            if sync:
-                os.fsync(fd)
-            if os.fstat(fd).st_size != written:
-                raise OSError(errno.EIO, "size changed while writing")
-        finally:
-            os.close(fd)
+            try:
+                written = _write(fd, source, sync)
+            finally:
+                os.close(fd)
         final = os.path.join(maildir, "new", "%s,S=%d" % (name, written))
         return DeliveryStatus("2.0.0", "Delivered"), Prepared(maildir, tmp_path, final)
     except OSError as e:
@@ -216,6 +209,43 @@ def prepare(maildir, source, qid, index, created=None, retry=True, sync=False,
             except OSError:
                 pass
         return _error(maildir, e), None
+
+
+def _write(fd, source, sync):
+    """The message into `fd` from offset 0, cut to its length; returns the length."""
+    written = 0
+    for chunk in source.chunks(mbox=False):
+        view = memoryview(chunk)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+            written += n
+    if os.fstat(fd).st_size > written:
+        os.ftruncate(fd, written)           # a recycled file held more
+    if sync:
+        os.fsync(fd)
+    if os.fstat(fd).st_size != written:
+        raise OSError(errno.EIO, "size changed while writing")
+    return written
+
+
+def _write_placed(placer, source, tmp_dir, name, sync):
+    """Write the message into a file the placer claims (a recycled queue file, still
+    out of the user's sight) and only then move it to tmp/NAME. None when the placer
+    has none or cannot move it there (the caller creates the file)."""
+    claimed = placer.claim()
+    if claimed is None:
+        return None
+    fd, token = claimed
+    placed = False
+    try:
+        written = _write(fd, source, sync)
+        placed = placer.place(token, tmp_dir, name)
+    finally:
+        os.close(fd)
+        if not placed:
+            placer.release(token)
+    return written if placed else None
 
 
 def publish(item):
