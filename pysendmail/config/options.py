@@ -106,3 +106,13 @@ def parse_interval(text, default_unit="s"):
     if num:
         total += int(num) * units[default_unit]
     return total
+
+
+def interval_option(options, name, default):
+    """Option `name` as seconds (a bare number in minutes, as Sendmail's queue
+    timeouts); its `default` text when unset or unreadable."""
+    try:
+        return parse_interval(options.get(name) or default, "m")
+    except ValueError:
+        return parse_interval(default)
+

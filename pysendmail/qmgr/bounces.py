@@ -14,15 +14,8 @@ import time
 
 from .. import log as logfmt
 from ..cleanup.headers import rfc5322_date
+from ..config.options import interval_option
 from ..model import FAILED, Envelope
-
-
-def _interval(options, name, default):
-    from ..config.options import parse_interval
-    try:
-        return parse_interval(options.get(name) or default, "m")
-    except ValueError:
-        return parse_interval(default)
 
 
 def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="failure"):
@@ -35,8 +28,8 @@ def queue_bounce(layout, options, ident, log, env, recipients, spool, kind="fail
         try:
             to_addr = write_dsn(tmp, env, recipients, kind, spool.df(env.qid), ident.j,
                                 int(time.time()),
-                                warn_after=_interval(options, "Timeout.queuewarn", "4h"),
-                                return_after=_interval(options, "Timeout.queuereturn", "5d"),
+                                warn_after=interval_option(options, "Timeout.queuewarn", "4h"),
+                                return_after=interval_option(options, "Timeout.queuereturn", "5d"),
                                 mailer_types=_mailer_types(layout, options, ident,
                                                            recipients))
             if to_addr is None:

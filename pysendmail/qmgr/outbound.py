@@ -21,7 +21,6 @@ At most MAX_MESSAGES messages are out at once (each holds its lock and its
 envelope), so a queue of 100,000 messages runs in bounded memory.
 """
 import asyncio
-import os
 import time
 from collections import deque
 
@@ -254,21 +253,14 @@ async def _run(qrun, spool, qids):
     try:
         while qids:
             for qid in qids:
-                fd = spool.lock(qid)
-                if fd is None:
-                    continue
-                handled += 1
-                try:
-                    attempt = qrun.begin(spool, qid)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                if attempt is None:
-                    os.close(fd)
-                elif attempt.remote:
-                    await ob.submit(attempt, fd)
-                else:
-                    qrun.finish_or_hold(spool, attempt, fd)
+                taken = qrun.take(spool, qid)
+                if taken is not None:
+                    handled += 1
+                    attempt, fd = taken
+                    if attempt.remote:
+                        await ob.submit(attempt, fd)
+                    else:
+                        qrun.finish_or_hold(spool, attempt, fd)
                 await asyncio.sleep(0)      # let the connections move
             await ob.drain()
             qrun.flush(spool)

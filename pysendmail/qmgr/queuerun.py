@@ -15,6 +15,7 @@ import os
 import time
 
 from .. import log as logfmt
+from ..config.options import interval_option
 from ..errors import EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE
 from ..model import DEFERRED, FAILED, SENT
 from ..queue import qfile
@@ -26,14 +27,6 @@ RETRY_BASE = 300            # first retry after 5 minutes, doubling, capped at R
 RETRY_MAX = 4 * 3600
 BATCH_MESSAGES = 256        # messages held for one sync of their Maildir deliveries
 RUNNER_MESSAGES = 64        # a run of fewer messages stays in one process
-
-
-def _interval(options, name, default):
-    from ..config.options import parse_interval
-    try:
-        return parse_interval(options.get(name) or default, "m")
-    except ValueError:
-        return parse_interval(default)
 
 
 def next_retry(attempts, now):
@@ -76,7 +69,7 @@ class QueueRun:
             for name in spool.sweep_orphans(now):
                 self.log.info(None, "removed %s left by an interrupted process" % name)
         todo = []
-        min_age = _interval(self.options, "MinQueueAge", "0")
+        min_age = interval_option(self.options, "MinQueueAge", "0")
         for qid, state in spool.entries(include_held=include_held):
             if state == "held" and not include_held:
                 continue
@@ -167,24 +160,32 @@ class QueueRun:
         self.batch = MaildirBatch() if len(qids) > 1 else None
         try:
             for qid in qids:
-                fd = spool.lock(qid)
-                if fd is None:
-                    continue
-                try:
-                    attempt = self.begin(spool, qid)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                if attempt is None:
-                    os.close(fd)
-                    continue
-                handled += 1
-                self.finish_or_hold(spool, attempt, fd)
+                taken = self.take(spool, qid)
+                if taken is not None:
+                    handled += 1
+                    self.finish_or_hold(spool, *taken)
         finally:
             self.flush(spool)
             self.batch = None
         self.deliver_followups(spool)
         return handled
+
+    def take(self, spool, qid):
+        """Lock message `qid` and do the local part of its attempt (begin()): returns
+        (Attempt, lock fd), or None when another runner has it or there is nothing
+        to do (the lock is then released)."""
+        fd = spool.lock(qid)
+        if fd is None:
+            return None
+        try:
+            attempt = self.begin(spool, qid)
+        except BaseException:
+            os.close(fd)
+            raise
+        if attempt is None:
+            os.close(fd)
+            return None
+        return attempt, fd
 
     # ----------------------------------------------------------------------------------
     def deliver_locked(self, spool, qid, lock_fd):
@@ -448,7 +449,7 @@ class QueueRun:
 
     def _expire(self, env, now):
         """Timeout.queuereturn: give up on recipients deferred for too long."""
-        limit = _interval(self.options, "Timeout.queuereturn", "5d")
+        limit = interval_option(self.options, "Timeout.queuereturn", "5d")
         if now - env.created < limit:
             return
         for r in env.recipients:
@@ -467,7 +468,7 @@ class QueueRun:
                 if r.state == FAILED and "failure" not in r.reported]
         succ = [r for r in env.recipients
                 if r.state == SENT and "success" not in r.reported and r.wants("SUCCESS")]
-        if not env.warned and now - env.created >= _interval(
+        if not env.warned and now - env.created >= interval_option(
                 self.options, "Timeout.queuewarn", "4h"):
             late = [r for r in env.recipients if r.state == DEFERRED]
             if late:
