@@ -145,7 +145,8 @@ def missing_flags(source, text, option_string, modes):
 _OPTION_READS = (
     re.compile(r"options\.get\(\s*\"([A-Za-z][A-Za-z0-9.]+)\""),
     re.compile(r"options\[\s*\"([A-Za-z][A-Za-z0-9.]+)\"\s*\](?!\s*=[^=])"),   # not a store
-    re.compile(r"_interval\(\s*(?:self\.)?options\s*,\s*\"([A-Za-z][A-Za-z0-9.]+)\""),
+    re.compile(r"(?:_interval|interval_option)\(\s*(?:self\.)?options\s*,\s*"
+               r"\"([A-Za-z][A-Za-z0-9.]+)\""),
 )
 
 
