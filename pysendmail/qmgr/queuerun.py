@@ -48,7 +48,6 @@ class QueueRun:
         self._routing_qid = None
         self._local_ipc = None   # is the local mailer LMTP (P=[IPC])? known on first use
         self.batch = None        # MaildirBatch of a run over several messages
-        self.remover = None      # remover.Remover of a run over several messages
         self._held = []          # (Attempt, lock fd) waiting for the batch's sync
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
@@ -141,17 +140,6 @@ class QueueRun:
         return max(1, min(want, count // (RUNNER_MESSAGES // 2)))
 
     def _run_shard(self, spool, qids):
-        if len(qids) > 1:
-            from .remover import Remover
-            self.remover = Remover(self.layout.queue, self.log)
-        try:
-            return self._run_all(spool, qids)
-        finally:
-            if self.remover is not None:
-                self.remover.close()
-                self.remover = None
-
-    def _run_all(self, spool, qids):
         if any(self._may_go_remote(self._listed[qid][1]) for qid in qids):
             from .outbound import run_queue
             return run_queue(self, spool, qids)
@@ -321,12 +309,7 @@ class QueueRun:
         self._expire(env, now)
         self._send_dsns(env, spool, now)
         if env.done:
-            if self.remover is not None and attempt.fd is not None:
-                # removed in the remover's thread, which then closes the lock
-                self.remover.remove(env.qid, len(env.recipients), attempt.fd)
-                attempt.fd = None
-            else:
-                spool.remove(env.qid, len(env.recipients))
+            spool.remove(env.qid, len(env.recipients))
         else:
             pending = [r for r in env.recipients if not r.final and r.mailer]
             env.next_attempt = next_retry(env.attempts, now) if pending else 0
@@ -497,7 +480,7 @@ class Attempt:
     __slots__ = ("qid", "env", "now", "remote", "prepared", "deferred", "failed_now", "fd")
 
     def __init__(self, qid, env, now):
-        self.fd = None          # the lock, when finish() may hand it to the remover
+        self.fd = None          # the lock, closed by the caller of finish()
         self.qid = qid
         self.env = env
         self.now = now
