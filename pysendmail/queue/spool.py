@@ -128,19 +128,9 @@ class Spool:
         It is emptied, unless `keep`: then it holds old bytes and the caller, which
         overwrites it from the start, cuts it to its length when done (cut_to)."""
         while True:
-            if not self._pool_names:
-                now = time.monotonic()
-                if now - self._pool_listed < 1.0:
-                    return None
-                self._pool_listed = now
-                try:
-                    self._pool_names = [n for n in os.listdir(self.pool)
-                                        if not n.startswith(".")]
-                except OSError:
-                    return None
-                if not self._pool_names:
-                    return None
-            name = self._pool_names.pop()
+            name = self._pool_name()
+            if name is None:
+                return None
             src = os.path.join(self.pool, name)
             if check and os.path.lexists(path):
                 return None
@@ -236,6 +226,22 @@ class Spool:
         self._pool_count += 1
         return True
 
+    def _pool_name(self):
+        """The next name offered in the pool (dot names are being worked on), from a
+        listing made at most once a second; None when there is none."""
+        if not self._pool_names:
+            now = time.monotonic()
+            if now - self._pool_listed < 1.0:
+                return None
+            self._pool_listed = now
+            try:
+                self._pool_names = [n for n in os.listdir(self.pool) if not n.startswith(".")]
+            except OSError:
+                return None
+            if not self._pool_names:
+                return None
+        return self._pool_names.pop()
+
     def claim(self, uid, gid):
         """An old file of the pool claimed for a Maildir delivery: renamed to a dot name
         in the pool (no other taker sees it), made uid:gid's and 0600, still holding
@@ -248,16 +254,9 @@ class Spool:
             return None
         try:
             for _ in range(8):
-                if not self._pool_names:
-                    now = time.monotonic()
-                    if now - self._pool_listed < 1.0:
-                        return None
-                    self._pool_listed = now
-                    self._pool_names = [n for n in os.listdir(pool_fd)
-                                        if not n.startswith(".")]
-                    if not self._pool_names:
-                        return None
-                src = self._pool_names.pop()
+                src = self._pool_name()
+                if src is None:
+                    return None
                 self._pool_seq += 1
                 claimed = ".taken.%d.%d" % (os.getpid(), self._pool_seq)
                 try:
