@@ -54,15 +54,37 @@ os.environ["PYSENDMAIL_RESOLV_CONF"] = _loopback_resolver()
 root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root")
 
 
+def unavailable(message):
+    """Something a test needs is missing here: a failure under CI=true (tests/run provides
+    everything), else a skip."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def require_program(name):
     """The path of program `name`; a missing one fails the test under CI=true, else skips it."""
     path = shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
     if path:
         return path
-    message = "%s is not installed (tests/run installs it as root)" % name
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    unavailable("%s is not installed (tests/run installs it as root)" % name)
+
+
+def check_peer_ancestors(path):
+    """Peers (Postfix, Dovecot, OpenDKIM, smtp-sink) run parts of themselves as other users
+    and refuse unsafe parents: every ancestor of `path` must be searchable by others and
+    writable only by its owner."""
+    import stat
+    parent = path
+    while True:
+        mode = os.stat(parent).st_mode
+        if not mode & stat.S_IXOTH or mode & (stat.S_IWGRP | stat.S_IWOTH):
+            unavailable("%s (mode %04o) does not suit peers' work dirs: the checkout must "
+                        "live under directories that are o+x and not group/world-writable"
+                        % (parent, stat.S_IMODE(mode)))
+        if parent == "/":
+            return
+        parent = os.path.dirname(parent)
 
 
 @pytest.fixture(name="require_program")
@@ -163,23 +185,9 @@ def workdir(request):
     """A fresh directory run/<test name>/ in the checkout, mode 0755. Peers such as OpenDKIM
     refuse group/world-writable ancestors and Postfix/Dovecot hand work to other users, so
     every ancestor must be searchable by others and writable only by its owner."""
-    import stat
-
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.nodeid)[-120:]
     path = os.path.join(REPO, "run", name)
-    parent = REPO
-    while True:
-        mode = os.stat(parent).st_mode
-        if not mode & stat.S_IXOTH or mode & (stat.S_IWGRP | stat.S_IWOTH):
-            message = "%s (mode %04o) does not suit peers' work dirs: the checkout must live " \
-                      "under directories that are o+x and not group/world-writable" % (
-                          parent, stat.S_IMODE(mode))
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
-        if parent == "/":
-            break
-        parent = os.path.dirname(parent)
+    check_peer_ancestors(REPO)
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
     os.chmod(os.path.join(REPO, "run"), 0o755)
@@ -256,10 +264,7 @@ class SystemSandbox:
                 return mode
             errors.append("%s: %s" % (mode, proc.stderr.strip()))
         shutil.rmtree(p, ignore_errors=True)
-        message = "overlay mounts do not work here: %s" % "; ".join(errors)
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("overlay mounts do not work here: %s" % "; ".join(errors))
 
     def run(self, script, env=None, timeout=180, check=True, input=None):
         """Run bash `script` inside the sandbox; returns the CompletedProcess (text)."""

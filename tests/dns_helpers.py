@@ -36,7 +36,7 @@ import threading
 
 import pytest
 
-from conftest import IN_CI
+from conftest import unavailable
 
 
 def _absolute(name):
@@ -253,10 +253,7 @@ class LoopbackDns:
     def require_port_53(self):
         """Skip (fail under CI) a test whose resolver cannot be told a port."""
         if not self.standard_port:
-            message = "the test DNS server needs port 53 (root) for this test"
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
+            unavailable("the test DNS server needs port 53 (root) for this test")
 
     def asked(self, name, rdtype=None):
         """The transports of the questions seen for name (and type)."""

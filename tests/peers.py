@@ -30,13 +30,12 @@ import signal
 import smtplib
 import socket
 import ssl
-import stat
 import subprocess
 
 import pytest
 
-from conftest import IN_CI, IS_ROOT, REPO, require_program
-from smtpd_helpers import banner_ready, free_port, wait_for
+from conftest import IS_ROOT, REPO, check_peer_ancestors, require_program, unavailable
+from smtpd_helpers import banner_ready, children_of, free_port, wait_for
 
 # user -> password, for Dovecot (IMAP/POP3/LMTP/SASL) and so for the Postfix smarthost's AUTH.
 USERS = {"user1": "pass1", "user2": "pass2"}
@@ -50,28 +49,14 @@ _serial = itertools.count(1)
 def require_root(what):
     """Skip (fail under CI=true) unless running as root."""
     if not IS_ROOT:
-        message = "%s needs root" % what
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("%s needs root" % what)
 
 
 def peer_dir(name):
     """A fresh 0755 directory run/peers/<name>-<pid>-<n>/ in the checkout. Every ancestor must
     be searchable by others and not group/world-writable (Postfix, Dovecot and smtp-sink run
     parts of themselves as other users)."""
-    parent = REPO
-    while True:
-        mode = os.stat(parent).st_mode
-        if not mode & stat.S_IXOTH or mode & (stat.S_IWGRP | stat.S_IWOTH):
-            message = "%s (mode %04o): peers' work dirs need o+x, not group/world-writable " \
-                      "ancestors" % (parent, stat.S_IMODE(mode))
-            if IN_CI:
-                pytest.fail(message)
-            pytest.skip(message)
-        if parent == "/":
-            break
-        parent = os.path.dirname(parent)
+    check_peer_ancestors(REPO)
     path = os.path.join(REPO, "run", "peers", "%s-%d-%d" % (name, os.getpid(), next(_serial)))
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path)
@@ -152,21 +137,6 @@ def stop_process(proc, timeout=10):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
-
-
-def children_of(pid):
-    """PIDs whose parent is `pid` (from /proc)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
 
 
 def lmtp_deliver(target, sender, recipients, message, port=None, timeout=30):

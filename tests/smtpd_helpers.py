@@ -62,6 +62,21 @@ def banner_ready(port, addr="127.0.0.1", tls=False):
         return False
 
 
+def children_of(pid):
+    """PIDs whose parent is `pid` (from /proc)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
 class SMTPDaemon:
     def __init__(self, inst, extra=(), port=None, ports=None, queue_interval="1h",
                  name="MTA", modifiers="", wait_banner=True):
@@ -90,18 +105,7 @@ class SMTPDaemon:
         return self.proc.pid
 
     def children(self):
-        out = []
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid:
-                out.append(int(name))
-        return out
+        return children_of(self.proc.pid)
 
     def log_text(self):
         try:

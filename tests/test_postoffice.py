@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, unavailable
 from peers import (Dovecot, dovecot, peer_dir, mail_ids, postfix_mx,  # noqa: F401 (fixtures)
                    postfix_smarthost, smarthost_sink, smtp_sink)
 
@@ -438,13 +438,12 @@ def test_authinfo_mechanism_list_honoured(sm_root, postfix_smarthost):
 
 def test_smarthost_implicit_tls_port_465_auth(sm_root, postfix_smarthost):
     """DS[127.0.0.46]:465: TLS from the first byte (no STARTTLS), then AUTH LOGIN with the
-    authinfo entry of that address; Postfix (smtpd_tls_wrappermode) relays it. (M:LOGIN is
-    not honoured yet: test_authinfo_mechanism_list_honoured.)"""
+    authinfo entry of that address; Postfix (smtpd_tls_wrappermode) relays it."""
     pf = postfix_smarthost
     try:
         fwd = Forwarder(("127.0.0.46", 465), ("127.0.0.1", pf.tls_port))
     except OSError as e:
-        pytest.skip("cannot listen on 127.0.0.46:465: %s" % e)
+        unavailable("cannot listen on 127.0.0.46:465: %s" % e)
     try:
         smarthost_cf(sm_root, 465)
         with open(os.path.join(sm_root.path, "etc", "sendmail.cf")) as f:
