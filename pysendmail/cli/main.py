@@ -97,6 +97,9 @@ def _run(inv, layout):
     from ..errors import EX_OK, EX_UNAVAILABLE
     mode = inv.mode
     layout, options, ident, log = _setup(inv, layout)
+    if inv.quarantine is not None:      # -Q: change quarantine state only, no delivery
+        from . import quarantine
+        return quarantine.main(inv, layout, log)
     if mode == "p":
         from . import mailq
         return mailq.main(inv, layout)
