@@ -26,6 +26,7 @@ sys.path.insert(0, HERE)
 import phase_cf  # noqa: E402
 import phase_deliver  # noqa: E402
 import phase_mem  # noqa: E402
+import phase_milter  # noqa: E402
 import phase_profile  # noqa: E402
 import phase_smtp  # noqa: E402
 import phase_submit  # noqa: E402
@@ -41,6 +42,7 @@ PHASES = {
     "smtp": phase_smtp,            # issue 4: SMTP accept rate vs Postfix smtpd (smtp-source)
     "mem": phase_mem,              # issue 4: daemon memory idle, 1,000 and 10,000 idle sessions
     "deliver": phase_deliver,      # issue 5: delivery rate from the queue (Maildir, relay) vs Postfix
+    "milter": phase_milter,        # accept rate through 0, 1, 3 no-op milters vs Postfix; cost per milter
 }
 DEFAULT_PHASES = ["submit"]
 
