@@ -1,6 +1,7 @@
 """OpenDKIM (Debian's /usr/sbin/opendkim, unmodified) as a third-party milter for the tests.
 
-    from opendkim_peer import dkim_key, opendkim, OpenDKIM, DkimKey    # fixtures, classes
+    from opendkim_peer import dkim_key, opendkim, opendkim_factory     # fixtures
+    from opendkim_peer import OpenDKIM, DkimKey
 
 * `DkimKey.generate(directory)` makes a 2048-bit RSA key with `opendkim-genkey` (selector
   sel1); `.txt` is its TXT record value (bytes), `.dnsfunc` answers dkimpy's lookups of
@@ -17,8 +18,8 @@
   signed or verified), captured when running as root (see _syslog_argv); `.stop()` TERMs
   the PID this module started.
 * `dkim_key` (session scope): a DkimKey.  `opendkim` (session scope): one started OpenDKIM
-  with that key, shared by the tests (it keeps no state between sessions; libmilter takes
-  seconds to stop, so one per test would cost that much each).
+  on an inet port with that key, shared by the tests (it keeps no state between sessions).
+  `opendkim_factory(**kw)` (function scope) starts more (e.g. unix=True), stopped after.
 
 OpenDKIM refuses a config, key or socket under a group/world-writable directory (/tmp), so
 everything lives in a 0755 directory under the checkout's run/peers/ (peers.peer_dir).  A
@@ -27,13 +28,15 @@ missing opendkim or opendkim-genkey fails the test under CI=true, else skips it.
 import os
 import re
 import shutil
+import signal
 import socket
+import struct
 import subprocess
 import threading
 
 import pytest
 
-from conftest import IS_ROOT, require_program
+from conftest import IS_ROOT, require_program, unavailable
 from peers import peer_dir, read_text, stop_process
 from smtpd_helpers import free_port, wait_for
 
@@ -129,6 +132,7 @@ class OpenDKIM:
         self.port = self.socket_path = None
         self.proc = None
         self._log_lines, self._log_sock, self._log_thread = [], None, None
+        self._closing = False
 
     @property
     def pid(self):
@@ -156,17 +160,40 @@ class OpenDKIM:
                                 authserv=AUTHSERV_ID, testdns=self.testdns,
                                 syslog="yes" if self.capture_log else "no"))
 
+    def _connect(self):
+        if self.socket_path:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(2)
+            try:
+                s.connect(self.socket_path)
+            except OSError:
+                s.close()
+                raise
+            return s
+        return socket.create_connection(("127.0.0.1", self.port), timeout=2)
+
     def _ready(self):
+        """A milter answers our option negotiation (SMFIC_OPTNEG: version 6, every action
+        and protocol bit) with its own: something else holding the port does not."""
         try:
-            if self.socket_path:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.settimeout(1)
-                    s.connect(self.socket_path)
-            else:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            return True
+            with self._connect() as s:
+                s.sendall(struct.pack(">IcIII", 13, b"O", 6, 0x1FF, 0x1FFFFF))
+                reply = b""
+                while len(reply) < 5:
+                    chunk = s.recv(64)
+                    if not chunk:
+                        return False
+                    reply += chunk
+                return reply[4:5] == b"O"
         except OSError:
             return False
+
+    def _poke(self):
+        """A connection, to wake libmilter's listener."""
+        try:
+            self._connect().close()
+        except OSError:
+            pass
 
     def start(self, timeout=15, tries=3):
         """Start it; a port taken between free_port() and OpenDKIM's bind is retried."""
@@ -182,7 +209,7 @@ class OpenDKIM:
                     and self.proc.poll() is None:
                 return self
             self.stop()
-            if "ddress already in use" not in read_text(self.out) or attempt == tries - 1:
+            if "smfi_opensocket" not in read_text(self.out) or attempt == tries - 1:
                 break
         pytest.fail("opendkim did not start (status %r)\n--- %s\n%s\n--- log\n%s" % (
             self.proc.returncode, self.config, read_text(self.config), read_text(self.out)
@@ -212,9 +239,12 @@ class OpenDKIM:
 
     def _read_log(self):
         sock = self._log_sock
-        while True:
+        sock.settimeout(0.2)
+        while not self._closing:
             try:
                 data = sock.recv(65536)
+            except socket.timeout:
+                continue
             except OSError:
                 return
             self._log_lines.append(data.decode("utf-8", "replace"))
@@ -224,18 +254,36 @@ class OpenDKIM:
         return "\n".join(self._log_lines)
 
     def stop(self):
-        """TERM the PID we started (KILL after 10 s; libmilter notices TERM in seconds)."""
+        """TERM the PID we started, KILL it after 10 s.  libmilter's listener notices the
+        signal only when its poll() returns (every 5 s): a connection wakes it at once."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+
+        def gone():
+            if self.proc.poll() is not None:
+                return True
+            self._poke()            # wakes the listener
+            return False
+        wait_for(gone, 2, 0.05)
         stop_process(self.proc)
 
     def close(self):
+        """stop(), and end the syslog reader."""
         self.stop()
-        if self._log_sock is not None:
+        self._closing = True
+        if self._log_thread is not None:
+            self._log_thread.join(5)
             self._log_sock.close()
 
 
 @pytest.fixture(scope="session")
 def dkim_key():
     """A DkimKey (generated once per session) in its own run/peers/ directory."""
+    try:
+        import dkim  # noqa: F401
+    except ImportError:
+        unavailable("dkimpy is not installed (tests/run installs it)")
     directory = peer_dir("dkimkey")
     yield DkimKey.generate(directory)
     shutil.rmtree(directory, ignore_errors=True)
@@ -248,3 +296,19 @@ def opendkim(dkim_key):
     yield dk
     dk.close()
     shutil.rmtree(dk.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def opendkim_factory(dkim_key):
+    """opendkim_factory(**kw) -> a started OpenDKIM(peer dir, dkim_key, **kw); all stopped
+    and removed when the test ends."""
+    started = []
+
+    def start(**kw):
+        dk = OpenDKIM(peer_dir("opendkim"), dkim_key, **kw)
+        started.append(dk)
+        return dk.start()
+    yield start
+    for dk in started:
+        dk.close()
+        shutil.rmtree(dk.directory, ignore_errors=True)

@@ -16,7 +16,8 @@ import re
 
 import pytest
 
-from opendkim_peer import AUTHSERV_ID, OUR_DOMAIN, REMOTE_DOMAIN, SELECTOR, dkim_key, opendkim  # noqa: F401
+from opendkim_peer import (AUTHSERV_ID, OUR_DOMAIN, REMOTE_DOMAIN, SELECTOR,  # noqa: F401
+                           dkim_key, opendkim, opendkim_factory)
 from pysendmail.milter.chain import ACCEPT, MilterChain
 from pysendmail.milter.config import MilterSpec
 from pysendmail.proto import milter_codec as mc
@@ -169,6 +170,14 @@ def test_chain_internal_mail_is_signed(opendkim, dkim_key):
     # the sender's own headers are untouched, in order, after the signature
     assert [tuple(h) for h in msg.headers if h[0] != "DKIM-Signature"] == split_message(raw)[0]
     assert dkim_results(msg.headers) == []
+
+
+def test_chain_over_unix_socket(opendkim_factory, dkim_key):
+    dk = opendkim_factory(unix=True)
+    assert dk.spec.startswith("unix:/")
+    result = chain_session(dk.spec, INTERNAL, outbound_message("chain-unix"),
+                           "sender@" + OUR_DOMAIN, "someone@" + REMOTE_DOMAIN)
+    assert_signed_by_opendkim(dkim_key, result.message.headers, result.message.body)
 
 
 def test_chain_external_mail_is_verified(opendkim, dkim_key):
