@@ -8,11 +8,6 @@ filter that dies mid-session, tests/milters/test_milter.py's 'die' mode.  The ch
 built from cf text through milter.config.load_milters, as the daemon will.
 """
 import asyncio
-import json
-import os
-import socket
-import subprocess
-import time
 
 import pytest
 
@@ -20,43 +15,11 @@ from pysendmail.config import cf as cfmod
 from pysendmail.milter import chain as mch
 from pysendmail.milter import config as mconf
 from pysendmail.proto import milter_codec as mc
-from test_milter_client import PYTHON, Milter, _have_pymilter, free_port, start_milter
+from milter_helpers import free_port, start_chain_milter, start_milter
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CHAIN_MILTER = os.path.join(HERE, "milters", "chain_milter.py")
 HEADERS = [("From", " a@example.test"), ("Subject", " hello"), ("X-Remove", " one"),
            ("X-Remove", " two")]
 BODY = b"line one\nline two\n"
-
-
-def start_chain_milter(tmp_path, name, conf, unix=False):
-    _have_pymilter()
-    log = str(tmp_path / ("%s.log" % name))
-    open(log, "w").close()
-    if unix:
-        path = str(tmp_path / ("%s.sock" % name))
-        spec = "unix:" + path
-
-        def probe():
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(path)
-    else:
-        port = free_port()
-        spec = "inet:%d@127.0.0.1" % port
-        probe = lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close()  # noqa: E731
-    proc = subprocess.Popen([PYTHON, CHAIN_MILTER, spec, log, json.dumps(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while True:
-        try:
-            probe()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > end:
-                proc.kill()
-                raise AssertionError("milter %s did not start" % name)
-            time.sleep(0.05)
-    return Milter(spec, log, proc)
 
 
 @pytest.fixture

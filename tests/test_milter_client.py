@@ -5,93 +5,13 @@ port (inet:) and on a unix socket in tmp_path.  Fake peers (plain asyncio server
 what libmilter never does: garbage and oversized packets.
 """
 import asyncio
-import json
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import unavailable
+from milter_helpers import free_port, start_milter, stop
 from pysendmail.milter import client as mcl
 from pysendmail.proto import milter_codec as mc
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-MILTER = os.path.join(HERE, "milters", "test_milter.py")
-PYTHON = sys.executable
-
-
-def _have_pymilter():
-    p = subprocess.run([PYTHON, "-c", "import Milter"], capture_output=True)
-    if p.returncode != 0:
-        unavailable("pymilter is not installed (tests/run installs PIP_MILTER_PACKAGES)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Milter:
-    def __init__(self, spec, log, proc):
-        self.spec, self.log, self.proc = spec, log, proc
-
-    def events(self, stage=None, wait=2.0):
-        end = time.monotonic() + wait
-        while True:
-            with open(self.log) as f:
-                ev = [json.loads(line) for line in f if line.strip()]
-            out = [e for e in ev if stage is None or e["stage"] == stage]
-            if out or time.monotonic() > end:
-                return out
-            time.sleep(0.05)
-
-    def clear(self):
-        open(self.log, "w").close()
-
-
-def start_milter(tmp_path, mode="main", unix=False):
-    _have_pymilter()
-    log = str(tmp_path / ("milter-%s.log" % mode))
-    open(log, "w").close()
-    if unix:
-        path = str(tmp_path / ("m-%s.sock" % mode))
-        spec, lib = "unix:" + path, "unix:" + path
-    else:
-        port = free_port()
-        spec, lib = "inet:%d@127.0.0.1" % port, "inet:%d@127.0.0.1" % port
-    proc = subprocess.Popen([PYTHON, MILTER, lib, log, mode], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 10
-    while time.monotonic() < end:
-        try:
-            if unix:
-                with socket.socket(socket.AF_UNIX) as s:
-                    s.connect(path)
-            else:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise AssertionError("milter exited %s" % proc.returncode)
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("milter did not start")
-    return Milter(spec, log, proc)
-
-
-def stop(m):
-    if m.proc.poll() is None:
-        m.proc.terminate()
-        try:
-            m.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            m.proc.kill()
-            m.proc.wait(5)
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def handle(sock, layout, options, ident, log):
     except MTAError:
         inv = None              # the command reports its own usage errors
     if (inv is None or inv.mode != "m" or inv.queue_run or inv.cf is not None
-            or not (inv.recipients or inv.read_recipients)):
+            or inv.quarantine is not None or not (inv.recipients or inv.read_recipients)):
         sock.sendall(wire.NO)
         return
     sock.sendall(wire.GO)

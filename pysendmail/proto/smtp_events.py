@@ -166,12 +166,14 @@ class AuthResponse(Event):
 
 
 class Rejected(Event):
-    """The core refuses a command or message; send `reply` as it is."""
-    __slots__ = ("reply", "close")
+    """The core refuses a command or message; send `reply` as it is. `unknown`: the
+    command line, when the command is one the server does not know."""
+    __slots__ = ("reply", "close", "unknown")
 
-    def __init__(self, reply, close=False):
+    def __init__(self, reply, close=False, unknown=None):
         self.reply = reply
         self.close = close
+        self.unknown = unknown
 
 
 class ConnectionClosed(Event):

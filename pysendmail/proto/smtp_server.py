@@ -360,7 +360,9 @@ class SMTPServerConnection:
         if self.phase == REFUSED and verb != "QUIT":
             return self._reject(503, "5.5.0", "No service")
         if entry is None or (verb == "BDAT" and not self.config.chunking):
-            return self._reject(500, "5.5.1", "Command unrecognized: \"%s\"" % show(text))
+            refusal = self._reject(500, "5.5.1", "Command unrecognized: \"%s\"" % show(text))
+            refusal.unknown = text          # what milters get (SMFIC_UNKNOWN)
+            return refusal
         limit = self.config.max_command_line
         if verb in ("MAIL", "RCPT"):
             limit += PARAM_ALLOWANCE

@@ -51,11 +51,12 @@ class GroupCommitter:
         self.committed = 0
         self.syncfs = _load_syncfs() if super_safe else None
 
-    def submit(self, qid, df_fd, tf_path):
+    def submit(self, qid, df_fd, tf_path, held=False):
         """Queue a written message for the next batch; returns a future that gets None
-        once the message is durable, or an OSError."""
+        once the message is durable, or an OSError. held=True: the control file becomes
+        hfID (quarantined by a milter: kept, listed, not delivered until released)."""
         fut = self.loop.create_future()
-        qf = os.path.join(self.queue_dir, "qf" + qid)
+        qf = os.path.join(self.queue_dir, ("hf" if held else "qf") + qid)
         self.waiting.append(Pending(qid, df_fd, tf_path, qf, fut))
         if not self.busy:
             self._start()
@@ -139,7 +140,7 @@ class GroupCommitter:
 
     def _remove(self, p):
         """A message that could not be committed leaves nothing behind."""
-        for path in (p.qf, p.tf, os.path.join(self.queue_dir, "df" + p.qid)):
+        for path in (p.qf, p.tf, os.path.join(self.queue_dir, "df" + p.qid)):  # qf: or hf
             try:
                 os.unlink(path)
             except OSError:

@@ -27,17 +27,18 @@ from ..proto.smtp_reply import Reply
 from ..proto.smtp_server import BDAT, CLOSED, DATA, SMTPServerConnection
 from .access import relay_field
 from .receive import Incoming, SessionFacts
+from .session_security import SecurityExchanges
 
 NEED_DATA = ev.NEED_DATA
 DATA_BLOCK = 1024
 READ_SIZE = 65536
 
 
-class SMTPSession(asyncio.Protocol):
+class SMTPSession(SecurityExchanges, asyncio.Protocol):
     __slots__ = ("w", "listener", "transport", "conn", "client", "deadline", "incoming",
                  "sender", "mail_params", "rcpts", "discard", "waiting", "counted",
                  "sasl", "closing", "paused_writing", "tls_macros", "last_block",
-                 "mail_raw", "discard_all", "_log_id", "tls_early")
+                 "mail_raw", "discard_all", "_log_id", "tls_early", "milter")
 
     def __init__(self, worker, listener):
         self.w = worker
@@ -57,6 +58,7 @@ class SMTPSession(asyncio.Protocol):
         self.discard_all = False
         self._log_id = None
         self.tls_early = None       # bytes that came over TLS before _handshake() resumed
+        self.milter = None          # milters.SessionMilters when O InputMailFilters names some
         self._reset()
 
     def _reset(self):
@@ -99,6 +101,9 @@ class SMTPSession(asyncio.Protocol):
         self.conn = SMTPServerConnection(w.config_for(self.listener, addr, ssl_object is not None))
         if ssl_object is not None:
             self.conn.tls = True
+        if w.milters:
+            from .milters import SessionMilters
+            self.milter = SessionMilters(w, self.client, transport.get_extra_info("sockname"))
         name = w.names.cached(addr)
         if name is not None and not wait:
             self.client.name = name
@@ -149,6 +154,9 @@ class SMTPSession(asyncio.Protocol):
         if self.counted:
             self.counted = False
             w.limits.close(self.client.addr)
+        if self.milter is not None:
+            asyncio.ensure_future(self.milter.quit())
+            self.milter = None
         if self.conn is not None and self.conn.phase != CLOSED and self.client is not None \
                 and not self.closing:
             w.log.info(None, "%s did not issue MAIL/EXPN/VRFY/ETRN during connection to %s"
@@ -271,21 +279,26 @@ class SMTPSession(asyncio.Protocol):
                 if reply.code >= 500:       # RFC 5321 3.1: 554 greeting, then only QUIT
                     reply = Reply(554, reply.enhanced, reply.text)
                 return reply
+            if self.milter is not None:
+                return self._later(self.milter.connect(), self._milter_greeting, event)
             return w.greeting()
         if kind is ev.Helo:
             self.client.helo = event.name
             verdict = w.policy.check_helo(self.client, event.name)
             if verdict.reply is not None:
                 return verdict.reply
-            peer = "%s [%s]" % (self.client.name or event.name, self.client.addr)
-            if event.esmtp:
-                return R.ehlo_ok(w.hostname, peer, self.conn.ehlo_keywords())
-            return R.helo_ok(w.hostname, peer)
+            if self.milter is not None:
+                return self._later(self.milter.helo(event.name),
+                                   lambda v: self._milter_refusal(v) or self._helo_ok(event),
+                                   event)
+            return self._helo_ok(event)
         if kind is ev.MailFrom:
             return self._mail(event)
         if kind is ev.RcptTo:
             return self._rcpt(event)
         if kind is ev.DataStart:
+            if self.milter is not None and not self.discard:
+                return self._later(self.milter.data(), self._milter_data, event)
             self.last_block = 0
             self.deadline = time.monotonic() + w.timeout_datablock
             return R.start_data()
@@ -295,13 +308,21 @@ class SMTPSession(asyncio.Protocol):
             return self._end_of_data(event)
         if kind is ev.Rejected:
             self.sasl = None             # a bad or cancelled AUTH response ends the exchange
+            if event.unknown is not None and self.milter is not None:
+                return self._later(self.milter.unknown(event.unknown),
+                                   lambda v: self._milter_refusal(v) or event.reply, event)
             return event.reply
         if kind is ev.Rset:
+            if self.milter is not None:
+                return self._later(self.milter.abort(), lambda _: R.reset_ok(), event)
             return R.reset_ok()
         if kind is ev.Noop:
             return R.noop_ok()
         if kind is ev.Quit:
             self.closing = True
+            if self.milter is not None:
+                asyncio.ensure_future(self.milter.quit())
+                self.milter = None
             return R.closing(w.hostname)
         if kind is ev.Vrfy:
             return R.vrfy_cannot()
@@ -339,17 +360,28 @@ class SMTPSession(asyncio.Protocol):
         self.mail_raw = event.raw
         self.mail_params = event.params
         self.discard = verdict.discard or self.discard_all
-        return verdict.reply or R.sender_ok(event.raw)
+        reply = verdict.reply or R.sender_ok(event.raw)
+        if self.milter is not None and not self.discard:
+            return self._later(self.milter.mail(event, self.incoming.qid),
+                               lambda v: self._milter_refusal(v) or reply, event)
+        return reply
 
     def _rcpt(self, event):
         w = self.w
         verdict = w.policy.check_rcpt(self.client, self.sender, event.addr, event.params)
-        if verdict.reply is not None and verdict.reply.code >= 400:
-            self._log_reject("check_rcpt", "<%s>" % event.addr, verdict.reply)
-            return verdict.reply
+        refusal = verdict.reply
+        if refusal is not None and refusal.code >= 400:
+            self._log_reject("check_rcpt", "<%s>" % event.addr, refusal)
+            if self.milter is not None and not self.discard and self.milter.wants_rejected():
+                return self._later(self.milter.rcpt(event, refusal), lambda v: refusal, event)
+            return refusal
         if verdict.discard:
             self.discard = True
-        return verdict.reply or R.recipient_ok(event.raw)
+        reply = refusal or R.recipient_ok(event.raw)
+        if self.milter is not None and not self.discard:
+            return self._later(self.milter.rcpt(event),
+                               lambda v: self._milter_refusal(v) or reply, event)
+        return reply
 
     def _facts(self):
         c = self.client
@@ -379,6 +411,14 @@ class SMTPSession(asyncio.Protocol):
             inc.abandon()
             self.incoming = None
             return R.accepted(inc.qid)
+        if self.milter is not None:
+            return self._later(self.milter.end_of_message(inc, env),
+                               lambda result: self._milter_eom(result, inc, env, facts), event)
+        return self._commit(inc, env, facts)
+
+    def _commit(self, inc, env, facts):
+        """The tf file written, then the group commit; the reply waits for it."""
+        w = self.w
         try:
             tf = inc.write_control(env)
         except Exception as e:
@@ -386,7 +426,7 @@ class SMTPSession(asyncio.Protocol):
             return Reply(451, "4.3.0", "Error writing control file")
         fd, inc.fd = inc.fd, None
         self.incoming = None
-        fut = w.committer.submit(inc.qid, fd, tf)
+        fut = w.committer.submit(inc.qid, fd, tf, held=bool(env.hold_reason))
         self.waiting = True
         self.transport.pause_reading()
         fut.add_done_callback(lambda f: self._committed(f, env, facts))
@@ -413,111 +453,93 @@ class SMTPSession(asyncio.Protocol):
             return
         self._resume()
 
-    # -- STARTTLS and AUTH ---------------------------------------------------------------------
-    def _starttls(self):
-        w = self.w
-        if w.tls_context is None:
-            return Reply(454, "4.3.3", "TLS not available right now")
-        out = self.conn.send(R.tls_ready())
-        self.transport.write(out)
-        self.transport.pause_reading()
+    def _helo_ok(self, event):
+        peer = "%s [%s]" % (self.client.name or event.name, self.client.addr)
+        if event.esmtp:
+            return R.ehlo_ok(self.w.hostname, peer, self.conn.ehlo_keywords())
+        return R.helo_ok(self.w.hostname, peer)
+
+    # -- answers that wait for the milters ------------------------------------------------------
+    def _later(self, awaitable, finish, event):
+        """Answer `event` when `awaitable` is done: finish(its result) gives the Reply (or
+        None when it started another wait, as the commit). Reading stops meanwhile."""
         self.waiting = True
-        self.tls_early = []
-        asyncio.ensure_future(self._handshake())
+        self.transport.pause_reading()
+        task = asyncio.ensure_future(awaitable)
+        task.add_done_callback(lambda t: self._later_done(t, finish, event))
         return None
 
-    async def _handshake(self):
-        w = self.w
-        loop = asyncio.get_running_loop()
-        try:
-            transport = await loop.start_tls(self.transport, self, w.tls_context,
-                                             server_side=True,
-                                             ssl_handshake_timeout=w.timeout_starttls)
-        except (OSError, ConnectionError, asyncio.TimeoutError, Exception) as e:
-            w.log.info(None, "STARTTLS=server, relay=%s, error: accept failed=%s"
-                       % (self.relay_text(), type(e).__name__))
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        if transport is None:
-            return
-        self.transport = transport
-        ssl_object = transport.get_extra_info("ssl_object")
-        self.tls_macros = w.tls_macros(ssl_object) if ssl_object is not None else {}
-        self.client.tls = self.tls_macros
-        m = self.tls_macros
-        w.log.info(None, "STARTTLS=server, relay=%s, version=%s, verify=%s, cipher=%s, bits=%s"
-                   % (self.relay_text(), m.get("tls_version", ""), m.get("verify", "NO"),
-                      m.get("cipher", ""), m.get("cipher_bits", "")))
-        self.conn.tls_started()
-        early, self.tls_early = self.tls_early, None
-        for data in early:
-            self.conn.receive_data(data)
-        self.deadline = time.monotonic() + w.timeout_command
-        self._resume()
-
-    def _auth(self, event):
-        w = self.w
-        auth = w.auth
-        addr = self.client.addr
-        if type(event) is ev.Auth:
-            if auth is None:
-                return Reply(504, "5.3.3", "AUTH mechanism not available")
-            if not auth.throttle.allowed(addr):
-                self.closing = True
-                return Reply(421, "4.7.0", "%s Too many AUTH failures; closing connection"
-                             % w.hostname)
-            self.sasl = auth.exchange(event.mechanism, event.initial)
-            step = self.sasl.step(None)
-        else:
-            if self.sasl is None:
-                return Reply(503, "5.5.1", "No AUTH in progress")
-            step = self.sasl.step(event.data)
-        kind = type(step).__name__
-        if kind == "Challenge":
-            return step.reply
-        sasl, self.sasl = self.sasl, None
-        mech = sasl.mechanism
-        if kind == "Credentials":
-            # Checking a modern hash takes ~0.1 s of CPU: not on the event loop.
-            self.waiting = True
-            self.transport.pause_reading()
-            job = asyncio.get_running_loop().run_in_executor(
-                w.auth_executor, auth.check, step.authcid, step.password)
-            job.add_done_callback(lambda f: self._auth_checked(f, sasl, step.authcid))
-            return None
-        auth.throttle.failed(addr)
-        w.log.warning(self.log_id, auth.failure_line(mech, getattr(step, "user", None) or "",
-                                              self.client.name, addr,
-                                              reason=getattr(step, "reason", None),
-                                              detail=getattr(step, "detail", None)))
-        return step.reply
-
-    def _auth_checked(self, job, sasl, user):
-        w = self.w
-        auth = w.auth
-        addr = self.client.addr
-        mech = sasl.mechanism
-        exc = job.exception()
-        if exc is not None:
-            w.log.err("", "AUTH: %s" % (getattr(exc, "message", None) or exc))
-            from ..proto.smtp_sasl import temp_failure
-            reply = temp_failure()
-        else:
-            ok = job.result()
-            if ok:
-                auth.throttle.succeeded(addr)
-                self.client.auth_type = mech
-                self.client.auth_authen = user
-                w.log.info("", auth.success_line(mech, user, self.client.name, addr))
-            else:
-                auth.throttle.failed(addr)
-                w.log.warning(self.log_id, auth.failure_line(mech, user, self.client.name, addr))
-            reply = sasl.finish(ok)
+    def _later_done(self, task, finish, event):
         if self.conn is None or self.transport is None or self.transport.is_closing():
             return
-        self.transport.write(self.conn.send(reply))
+        try:
+            reply = finish(task.result())
+        except Exception as e:      # a bug must cost this message, never the session's state
+            self.w.log.err(self.log_id, "SYSERR(%s): milter: %s: %s"
+                           % (self.w.user, type(e).__name__, e))
+            reply = Reply(451, "4.3.0", "Temporary system error")
+            if self.incoming is not None and type(event) is ev.MessageComplete:
+                self.incoming.abandon()
+                self.incoming = None
+        if reply is None:
+            return
+        conn = self.conn
+        out = conn.send(reply)
+        self._after(event, reply)
+        if self.closing and conn.phase != CLOSED and not conn.in_transaction:
+            out += self._shutdown_reply()
+        self.transport.write(out)
+        if conn.phase == CLOSED:
+            self.transport.close()
+            return
         self._resume()
+
+    def _milter_refusal(self, verdict):
+        """None when the command goes on (a DISCARD marks the message); else the Reply."""
+        from .milters import DISCARD, reply_of
+        if verdict.proceeds:
+            return None
+        if verdict.action == DISCARD:
+            self.discard = True
+            return None
+        return reply_of(verdict.reply)
+
+    def _milter_greeting(self, verdict):
+        from .milters import REJECT, SHUTDOWN
+        if verdict.action == SHUTDOWN:
+            return Reply(421, "4.7.0", "%s closing connection" % self.w.hostname)
+        greeting = self.w.greeting()
+        if verdict.action == REJECT:        # Sendmail: greet 554, then refuse commands
+            return Reply(554, None, greeting.text)
+        return greeting                     # TEMPFAIL: MAIL will get 451 4.3.2
+
+    def _milter_data(self, verdict):
+        reply = self._milter_refusal(verdict)
+        if reply is not None:
+            return reply
+        self.last_block = 0
+        self.deadline = time.monotonic() + self.w.timeout_datablock
+        return R.start_data()
+
+    def _milter_eom(self, result, inc, env, facts):
+        from .milters import DISCARD, reply_of
+        verdict = result.verdict
+        if self.incoming is not inc or inc.fd is None:
+            return Reply(451, "4.3.0", "Error writing data file")
+        if verdict.proceeds:
+            self.milter.apply(env, inc, result.message)
+            if env.recipients:
+                if env.hold_reason:
+                    self.w.log.info(inc.qid, "quarantine=%s" % env.hold_reason)
+                return self._commit(inc, env, facts)
+            self.w.log.info(inc.qid, "Milter: all recipients removed: discarded")
+        elif verdict.action == DISCARD:
+            self.w.log.info(inc.qid, "Milter: discarded")
+        inc.abandon()
+        self.incoming = None
+        if verdict.proceeds or verdict.action == DISCARD:
+            return R.accepted(inc.qid)
+        return reply_of(verdict.reply)
 
     # -- the sweeper's side ---------------------------------------------------------------------
     def timed_out(self, now):
@@ -550,7 +572,3 @@ class SMTPSession(asyncio.Protocol):
             self.transport.write(self._shutdown_reply())
             self.transport.close()
 
-
-def _b64(data):
-    import binascii
-    return binascii.b2a_base64(data, newline=False).decode("ascii")

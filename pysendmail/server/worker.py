@@ -59,6 +59,7 @@ class Worker:
         self.limits = limits            # shared: counts every session (the master scales)
         self.user = user or "root"
         self.queue_poke = queue_poke
+        self.milters = None             # milter.config.MilterConfig with filters, or None
         self.spool = Spool(layout.queue, use_pool=True)
         self.names = ClientNames(options, layout.resolv_confs)
         self.sessions = set()
@@ -263,6 +264,9 @@ def build(layout, options, ident, log, specs, limits, user, delivery_mode, poke,
     worker = Worker(layout, options, ident, log, policy, specs, tls_context, auth, limits,
                     user, queue_poke=poke)
     worker.delivery_mode = (delivery_mode or options.get("DeliveryMode") or "b")[:1]
+    from ..milter.config import load_milters
+    milters = load_milters(ctx.rules, options).check()      # a bad X line: EX_CONFIG
+    worker.milters = milters if milters else None
     return worker
 
 
