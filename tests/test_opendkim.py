@@ -9,21 +9,30 @@ TestDNSData file and, for dkimpy, through the key's dnsfunc: no DNS query leaves
   outbound signing verified by dkimpy (and failing once the body is tampered with);
   inbound dkimpy-signed mail: dkim=pass, a tampered copy dkim=fail, unsigned dkim=none,
   a forged Authentication-Results naming our authserv-id removed.
+* End to end through the installed daemon (`sendmail -bD -odq` of a private instance whose
+  cf has the X line and O InputMailFilters): the same, read back from the queued qf/df;
+  a message without Date/Message-ID (the daemon adds them after the filters, unsigned)
+  still verifies; OpenDKIM's log lines carry our queue id (the `i` macro).
 """
 import asyncio
 import email.utils
+import os
 import re
+import smtplib
 
 import pytest
 
+from conftest import REPO
 from opendkim_peer import (AUTHSERV_ID, OUR_DOMAIN, REMOTE_DOMAIN, SELECTOR,  # noqa: F401
                            dkim_key, opendkim, opendkim_factory)
 from pysendmail.milter.chain import ACCEPT, MilterChain
 from pysendmail.milter.config import MilterSpec
 from pysendmail.proto import milter_codec as mc
+from smtpd_helpers import queued, read_df, read_qf, wait_for
 
 pytestmark = pytest.mark.peer
 
+CF_SOURCE = os.path.join(REPO, "etc", "sendmail.cf")
 MYNAME = "mta.example.test"
 INTERNAL, EXTERNAL = "127.0.0.1", "127.0.0.2"
 
@@ -105,15 +114,16 @@ def sig_tags(value):
                 (t.partition("=") for t in unfold(value).replace(" ", "").split(";") if t))
 
 
-def assert_signed_by_opendkim(key, headers, body):
-    """One DKIM-Signature, OpenDKIM's (d=example.test, s=sel1, relaxed/simple), that dkimpy
-    verifies against the test key; the same message with its body changed fails."""
+def assert_signed_by_opendkim(key, headers, body, signed=("from", "to", "subject", "date")):
+    """One DKIM-Signature, OpenDKIM's (d=example.test, s=sel1, relaxed/simple, covering at
+    least the `signed` fields), that dkimpy verifies against the test key; the same message
+    with its body changed fails."""
     sigs = values(headers, "DKIM-Signature")
     assert len(sigs) == 1, headers
     tags = sig_tags(sigs[0])
     assert (tags["d"], tags["s"], tags["c"], tags["a"]) == (
         OUR_DOMAIN, SELECTOR, "relaxed/simple", "rsa-sha256"), tags
-    assert {"from", "to", "subject", "date"} <= set(tags["h"].lower().split(":")), tags
+    assert set(signed) <= set(tags["h"].lower().split(":")), tags
     raw = join_message(headers, body)
     assert key.verify(raw), raw.decode()
     assert not key.verify(tamper(raw))
@@ -197,3 +207,99 @@ def test_chain_external_mail_is_verified(opendkim, dkim_key):
             assert "header.d=%s" % REMOTE_DOMAIN in ar and "header.s=%s" % SELECTOR in ar, ar
     assert got == {"signed": ["pass"], "tampered": ["fail"], "unsigned": ["none"],
                    "forged": ["fail"]}, (got, opendkim.log_text())
+
+
+# ---- end to end through the daemon -----------------------------------------------------------
+
+def write_cf(inst, spec):
+    """inst's etc/sendmail.cf: the shipped cf with $j and OpenDKIM as its one input filter."""
+    with open(CF_SOURCE) as f:
+        text = f.read()
+    text = text.replace("#Dj mail.example.com\n", "Dj%s\n" % MYNAME, 1)
+    assert ("Dj%s\n" % MYNAME) in text
+    text += ("\nXopendkim, S=%s, F=T, T=C:10s;S:10s;R:10s;E:60s\n"
+             "O InputMailFilters=opendkim\n" % spec)
+    os.makedirs(os.path.join(inst.path, "etc"), exist_ok=True)
+    with open(os.path.join(inst.path, "etc", "sendmail.cf"), "w") as f:
+        f.write(text)
+
+
+def queued_message(inst, qid):
+    """(headers, body) of queued message `qid`: the qf's H lines, the df."""
+    headers = []
+    for line in read_qf(inst, qid).decode("utf-8", "surrogateescape").split("\n"):
+        if line.startswith("H "):
+            name, _, value = line[2:].partition(":")
+            headers.append([name, value])
+        elif line[:1] in (" ", "\t") and headers:
+            headers[-1][1] += "\n" + line
+    return [tuple(h) for h in headers], read_df(inst, qid)
+
+
+def send(d, source, sender, rcpt, raw):
+    """Submit `raw` over SMTP from `source`; returns the id of the message it queued."""
+    inst = d.inst
+    before = set(queued(inst))
+    with smtplib.SMTP("127.0.0.1", d.port, source_address=(source, 0), timeout=60) as s:
+        s.ehlo("client.example.test")
+        assert s.sendmail(sender, [rcpt], raw) == {}
+    assert wait_for(lambda: set(queued(inst)) - before, 10)
+    new = set(queued(inst)) - before
+    assert len(new) == 1, new
+    return new.pop()
+
+
+@pytest.fixture
+def dkim_daemon(opendkim, sm_root, daemon):
+    write_cf(sm_root, opendkim.spec)
+    return daemon()
+
+
+def logged(opendkim, line):
+    """True when OpenDKIM logged `line` (its lines start with the `i` macro: our queue id),
+    or when its log is not captured (not root)."""
+    return not opendkim.capture_log or wait_for(lambda: line in opendkim.log_text(), 5)
+
+
+def test_daemon_signs_mail_from_internal_client(dkim_daemon, dkim_key, opendkim):
+    raw = outbound_message("daemon-out")
+    qid = send(dkim_daemon, INTERNAL, "sender@" + OUR_DOMAIN, "someone@" + REMOTE_DOMAIN, raw)
+    headers, body = queued_message(dkim_daemon.inst, qid)
+    assert values(headers, "DKIM-Signature"), (headers, opendkim.log_text(),
+                                               dkim_daemon.log_text())
+    assert_signed_by_opendkim(dkim_key, headers, body)
+    assert dkim_results(headers) == []
+    assert values(headers, "Subject") == ["signed by OpenDKIM (daemon-out)"]
+    assert logged(opendkim, "%s: DKIM-Signature field added (s=%s, d=%s)"
+                  % (qid, SELECTOR, OUR_DOMAIN)), opendkim.log_text()
+
+
+def test_daemon_signed_minimal_message_verifies_as_queued(dkim_daemon, dkim_key, opendkim):
+    """No Date, no Message-ID: the fields the daemon adds come after the signing (not in
+    h=), so the queued message still verifies."""
+    raw = ("From: sender@%s\r\nTo: someone@%s\r\nSubject: minimal\r\n\r\nHello\r\n"
+           % (OUR_DOMAIN, REMOTE_DOMAIN)).encode()
+    qid = send(dkim_daemon, INTERNAL, "sender@" + OUR_DOMAIN, "someone@" + REMOTE_DOMAIN, raw)
+    headers, body = queued_message(dkim_daemon.inst, qid)
+    assert_signed_by_opendkim(dkim_key, headers, body, signed=("from", "to", "subject"))
+    h = sig_tags(values(headers, "DKIM-Signature")[0])["h"].lower().split(":")
+    assert "date" not in h and "message-id" not in h, h
+    assert len(values(headers, "Date")) == 1 and len(values(headers, "Message-ID")) == 1, headers
+
+
+def test_daemon_verifies_mail_from_external_client(dkim_daemon, dkim_key, opendkim):
+    signed = dkim_key.sign(inbound_message("daemon-in"))
+    got = {}
+    for label, raw in (("signed", signed), ("tampered", tamper(signed)),
+                       ("forged", FORGED_AR + tamper(signed))):
+        qid = send(dkim_daemon, EXTERNAL, "remote@" + REMOTE_DOMAIN, "root@localhost", raw)
+        headers, body = queued_message(dkim_daemon.inst, qid)
+        got[label] = dkim_results(headers)
+        assert len(values(headers, "DKIM-Signature")) == 1, headers
+        # the remote signature still verifies (dkimpy) on the queued copy of the good one
+        assert dkim_key.verify(join_message(headers, body)) == (label == "signed")
+        if label == "signed":
+            assert logged(opendkim, "%s: DKIM verification successful" % qid), \
+                opendkim.log_text()
+    assert got == {"signed": ["pass"], "tampered": ["fail"], "forged": ["fail"]}, (
+        got, opendkim.log_text(), dkim_daemon.log_text())
