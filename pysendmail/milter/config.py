@@ -11,6 +11,8 @@ Role: turn the cf's X lines and milter options into plain objects the SMTP sessi
                                           milter.client.DEFAULT_MACROS; an empty value: none)
   O Milter.LogLevel=N                     default: the LogLevel option (Sendmail's 9)
   O Milter.maxdatasize=N                  65535, 262143 or 1048575 (rounded up as Sendmail)
+  O Milter.submission=True                the filters also see locally submitted mail
+                                          (pysendmail's; see milter.submission)
 
 As milter.c's milter_setup(): the equate is its first letter (S, F, T); F= is a set of
 letters (R: reject on failure, T: tempfail, 4: 421 and close; none: carry on without the
@@ -245,6 +247,8 @@ def load_milters(cf, options=None):
         elif sub == "loglevel":
             text = value.strip()
             cfg.log_level = int(text) if text.lstrip("-").isdigit() else 0
+        elif sub == "submission":
+            pass                            # milter.submission reads it
         elif sub == "maxdatasize":
             text = value.strip()
             size = int(text) if text.isdigit() else 0

@@ -175,6 +175,18 @@ def _queue(layout, options, ident, log, spool, drop, name, marker, fd, st, env_i
                                  from_address=from_addr, full_name=env.full_name or gecos,
                                  single_rcpt=single, auth_warning=warning)
         env.priority = body_len + 30000 * len(env.recipients)
+        verdict = "queue"
+        from ..cleanup import milters as cleanup_milters
+        if env.recipients and cleanup_milters.enabled(options):
+            verdict = cleanup_milters.filter_submission(ctx.rules, options, ident, log, env, df,
+                                                        body_len, name)
+        if verdict != "queue":
+            spool.discard(qid, df)
+            df = None
+            if verdict == "drop":
+                os.unlink(os.path.join(drop.path, name))
+                fsync_dir(drop.path)
+            return False                # "wait": the drop file waits for the next pickup
         if not env.recipients:
             spool.discard(qid, df)
             df = None

@@ -386,11 +386,12 @@ class Spool:
         raise QueueError("no free queue id in %s" % self.path, EX_CANTCREAT)
 
     def commit(self, env, df_fd):
-        """Make a message durable: fsync its body, write its control file, fsync the directory.
-        After this returns, and only then, may the submitter report success."""
+        """Make a message durable: fsync its body, write its control file (hfID for a
+        message with a hold reason), fsync the directory. After this returns, and only
+        then, may the submitter report success."""
         try:
             os.fsync(df_fd)
-            self._write_control(self.qf(env.qid), env)
+            self._write_control((self.hf if env.hold_reason else self.qf)(env.qid), env)
         except OSError as e:
             raise QueueError("cannot queue message: %s" % e.strerror, EX_CANTCREAT)
 

@@ -25,7 +25,7 @@ ruleset 0) plus j, v, i, {daemon_name}, {daemon_addr}, {daemon_port}, {if_name},
 lists (O Milter.macros.*, or its own SETSYMLIST).
 
 `apply(env, inc, message)` turns the filters' end-of-message changes into the queued
-envelope: header edits (the daemon's own fields stay on top), a new body (the df file is
+envelope (milter.apply): header edits (the daemon's own fields stay on top), a new body (the df file is
 rewritten in place before anything is committed, so a failure leaves no half-edited
 message), sender and recipient changes (NOTIFY and ORCPT arguments kept), and a
 quarantine reason (the message is committed as hfID: held, listed by mailq, released by
@@ -37,7 +37,7 @@ import os
 from .. import __version__
 from ..milter.chain import (ACCEPT, CONTINUE, DISCARD, REJECT, SHUTDOWN, TEMPFAIL, EomResult,
                             Message, MilterChain)
-from ..model import Recipient
+from ..milter.apply import apply_to_envelope, header_pair
 from ..proto import milter_codec as mc
 from ..proto.smtp_reply import Reply
 
@@ -81,33 +81,6 @@ def _args(addr_raw, params):
         else:
             out.append("%s=%s" % (key, value))
     return out
-
-
-def _header_pair(raw):
-    """b'Name: value\\n\\tmore' -> ('Name', ' value\\n\\tmore')."""
-    name, _, value = raw.partition(b":")
-    return (name.decode("ascii", "replace").rstrip(" \t"),
-            value.decode("utf-8", "surrogateescape"))
-
-
-def _header_bytes(name, value):
-    """A filter's header as a queue header: folded lines always continue with white space
-    (a bare line break from a filter cannot start a new field)."""
-    lines = value.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    value = "\n".join([lines[0]] + [x if x[:1] in (" ", "\t") else "\t" + x
-                                     for x in lines[1:]])
-    return ("%s:%s" % (name, value)).encode("utf-8", "surrogateescape")
-
-
-def _notify_orcpt(args):
-    notify = orcpt = ""
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key.upper() == "NOTIFY":
-            notify = value.upper()
-        elif key.upper() == "ORCPT":
-            orcpt = value
-    return notify, orcpt
 
 
 class SessionMilters:
@@ -205,7 +178,7 @@ class SessionMilters:
             verdict = await self.data()
             if not verdict.proceeds:
                 return EomResult(verdict, Message())
-        headers = [_header_pair(h) for h in inc.headers]
+        headers = [header_pair(h) for h in inc.headers]
         body = os.pread(inc.fd, inc.body_size, 0) if inc.body_size else b""
         msgid = env.header("Message-Id")
         more = {"msg_id": msgid.decode("utf-8", "replace").strip() if msgid else ""}
@@ -223,35 +196,9 @@ class SessionMilters:
     # ------------------------------------------------------------ the message
 
     def apply(self, env, inc, message):
-        """The filters' changes into env (and the df file); see the module docstring."""
-        changed = message.changed
-        if "headers" in changed:
-            own = len(env.headers) - len(inc.headers)
-            env.headers = env.headers[:own] + [_header_bytes(n, v)
-                                               for n, v in message.headers]
-        if "body" in changed:
-            body = message.body
-            if body and not body.endswith(b"\n"):
-                body += b"\n"
-            view, off = memoryview(body), 0
-            while off < len(body):
-                off += os.pwrite(inc.fd, view[off:], off)
-            os.ftruncate(inc.fd, len(body))
-            env.size = inc.body_size = len(body)
-            self._log("milter_replbody: %d bytes" % len(body))
-        if "sender" in changed:
-            env.sender = message.sender
-        if "recipients" in changed:
-            old = {r.addr.lower(): r for r in env.recipients}
-            rcpts = []
-            for r in message.recipients:
-                kept = old.get(r.address.lower())
-                if kept is not None and not r.args:
-                    rcpts.append(kept)
-                    continue
-                notify, orcpt = _notify_orcpt(r.args)
-                rcpts.append(Recipient(r.address, r.address, notify=notify, orcpt=orcpt))
-            env.recipients = rcpts
-        if message.quarantine:
-            env.hold_reason = " ".join(message.quarantine.split())
+        """The filters' changes into env (and the df file); see milter.apply."""
+        apply_to_envelope(env, message, inc.fd, own_headers=len(env.headers) - len(inc.headers))
+        if "body" in message.changed:
+            inc.body_size = env.size
+            self._log("milter_replbody: %d bytes" % env.size)
         return env

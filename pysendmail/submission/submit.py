@@ -127,7 +127,7 @@ class Submission:
             self.say(e.message)
             return EX_USAGE
         try:
-            if self._trusted():
+            if self._trusted() and not self._filtered():
                 self.route_context().rules      # a broken cf fails now, before the message is read
                 return self._submit_to_queue(sender, words)
             return self._submit_to_maildrop(sender, words)
@@ -177,6 +177,12 @@ class Submission:
             return False
 
     # ------------------------------------------------------------------------------------
+    def _filtered(self):
+        """Submissions go to the milters (O Milter.submission): then always by the maildrop,
+        whose pickup runs them (milter.submission), trusted caller or not."""
+        from ..milter.submission import enabled
+        return enabled(self.options)
+
     def _submit_to_queue(self, sender, words):
         inv = self.inv
         now = int(time.time())
@@ -247,6 +253,9 @@ class Submission:
         inv = self.inv
         now = int(time.time())
         drop = maildrop.Maildrop(self.layout.maildrop)
+        if self._trusted() and not os.path.isdir(drop.path):
+            os.makedirs(drop.path, exist_ok=True)   # a private instance's first filtered one
+            os.chmod(drop.path, 0o1733)
         name, fd = drop.create()
         try:
             head_len = maildrop.reserve_header(fd)
