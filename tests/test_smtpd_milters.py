@@ -312,6 +312,61 @@ def test_lean_filter_over_unix_socket(sm_root, tmp_path):
         stop(lean)
 
 
+def test_header_leading_space(sm_root, tmp_path):
+    m = start_milter(tmp_path, "leadspc")
+    try:
+        write_milter_cf(sm_root, [("lead", m.spec, "T")])
+        d = SMTPDaemon(sm_root, ["-odq"])
+        try:
+            msg = b"Subject:  spaced\r\n\tand folded\r\nFrom: a@example.test\r\n\r\nbody\r\n"
+            step, code, qid = transaction(d.port, "someone@example.test", message=msg)
+            assert (step, code) == ("data", 250)
+            seen = {e["name"]: e["value"] for e in m.events("header")}
+            assert seen["Subject"] == "  spaced\n\tand folded"       # as sent, LF inside
+            with open(os.path.join(queue_dir(sm_root), "qf" + qid), "rb") as f:
+                raw = f.read()
+            assert b"H X-Lead:  two spaces\n\tand a fold\n" in raw
+            assert b"H X-Tight:no-space\n" in raw
+        finally:
+            d.stop()
+    finally:
+        stop(m)
+
+
+def test_negotiated_data_size_is_respected(sm_root, tmp_path):
+    """We offer 1 MB body chunks (Milter.maxdatasize); libmilter does not take them, so the
+    chunks stay within 64 KB; the body arrives whole."""
+    m = start_milter(tmp_path)
+    try:
+        write_milter_cf(sm_root, [("main", m.spec, "T")],
+                        options={"Milter.maxdatasize": "1048575"})
+        d = SMTPDaemon(sm_root, ["-odq"])
+        try:
+            big = b"".join(b"%07d %s\r\n" % (i, b"x" * 60) for i in range(5000))
+            step, code, qid = transaction(d.port, "accept@example.test",
+                                          message=b"Subject: big\r\n\r\n" + big)
+            assert (step, code) == ("data", 250)
+            sizes = [e["size"] for e in m.events("body")]
+            assert max(sizes) <= 65535 and len(sizes) >= 5
+            assert sum(sizes) == len(big)
+        finally:
+            d.stop()
+    finally:
+        stop(m)
+
+
+def test_skip_ends_the_body_early(main_setup):
+    inst, d, m = main_setup
+    m.clear()
+    big = b"".join(b"%07d %s\r\n" % (i, b"y" * 60) for i in range(5000))
+    step, code, qid = transaction(d.port, "skip@example.test",
+                                  message=b"Subject: skip\r\n\r\n" + big)
+    assert (step, code) == ("data", 250)
+    assert len(m.events("body")) == 1               # SKIP after the first chunk
+    assert m.events("eom")
+    assert body(inst, qid) == big.replace(b"\r\n", b"\n")
+
+
 # ---- chains -------------------------------------------------------------------------------
 
 def test_chain_of_three_each_sees_the_earlier_changes(sm_root, tmp_path):
@@ -457,11 +512,20 @@ def test_filter_dying_mid_session(sm_root, tmp_path, flags):
         stop(die)
 
 
-class GarbageMilter:
-    """A TCP peer that answers the option negotiation with junk (what no libmilter does)."""
+def packet(cmd, data=b""):
+    return (len(data) + 1).to_bytes(4, "big") + cmd + data
 
-    def __init__(self, answer):
-        self.answer = answer
+
+OPTNEG = packet(b"O", (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big") + bytes(4))
+
+
+class GarbageMilter:
+    """A TCP peer speaking the milter framing badly (what no libmilter does): `answer` is
+    sent in reply to the option negotiation, or, with after_optneg=True, a valid
+    negotiation first and `answer` in reply to the first command that wants one."""
+
+    def __init__(self, answer, after_optneg=False):
+        self.answer, self.after_optneg = answer, after_optneg
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -470,6 +534,28 @@ class GarbageMilter:
         self.done = False
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
+
+    def packets(self, conn):
+        buf = b""
+        while True:
+            while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            n = int.from_bytes(buf[:4], "big")
+            yield buf[4:5]
+            buf = buf[4 + n:]
+
+    def talk(self, conn):
+        for cmd in self.packets(conn):
+            if cmd == b"O":
+                conn.sendall(OPTNEG if self.after_optneg else self.answer)
+                if not self.after_optneg:
+                    return
+            elif cmd not in (b"D",):                  # macros want no answer
+                conn.sendall(self.answer)
+                return
 
     def serve(self):
         for _ in range(500):                         # bounded: at most ~100 s
@@ -482,9 +568,7 @@ class GarbageMilter:
             with conn:
                 conn.settimeout(2)
                 try:
-                    conn.recv(4096)
-                    conn.sendall(self.answer)
-                    conn.recv(4096)
+                    self.talk(conn)             # then closed: the client sees the end
                 except OSError:
                     pass
 
@@ -494,13 +578,15 @@ class GarbageMilter:
         self.sock.close()
 
 
-@pytest.mark.parametrize("answer", [
-    b"\x00\x00\x00\x05Zjunk",                        # unknown response code
-    b"\xff\xff\xff\xffO",                            # oversized packet
-    b"\x00\x00\x00\x02O",                            # truncated, then closed
+@pytest.mark.parametrize("answer,after", [
+    (packet(b"Z", b"junk"), False),                  # unknown response code
+    (b"\xff\xff\xff\xffO", False),                  # oversized packet
+    (b"\x00\x00\x00\x02O", False),                  # truncated, then closed
+    (packet(b"h", b"X-Early\0now\0"), True),          # a modification out of order
+    (packet(b"q", b"why\0"), True),                 # quarantine: only at end of message
 ])
-def test_garbage_answers(sm_root, answer):
-    g = GarbageMilter(answer)
+def test_garbage_answers(sm_root, answer, after):
+    g = GarbageMilter(answer, after)
     try:
         write_milter_cf(sm_root, [("junk", "inet:%d@127.0.0.1" % g.port, "T")])
         d = SMTPDaemon(sm_root, ["-odq"])

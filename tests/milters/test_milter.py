@@ -14,6 +14,7 @@ MODE main (default): the action at end of message is chosen by the sender's loca
 MODE lean: no replies for connect/helo/rcpt/header/eoh (@noreply), no body and no unknown
   (@nocallback), rejected recipients too (RCPT_REJ).
 MODE slow: eom sleeps 3 s.  MODE die: the process exits inside envrcpt.
+MODE leadspc: HDR_LEADSPC; eom adds X-Lead ("  two spaces" folded) and X-Tight.
 """
 import json
 import os
@@ -199,12 +200,24 @@ class Die(Main):
         os._exit(3)
 
 
+@Milter.header_leading_space
+class LeadSpace(Main):
+    """HDR_LEADSPC: header values arrive as they are after the colon (leading white space
+    and folding kept), and the values it adds are taken as given."""
+    def eom(self):
+        self.seen("eom")
+        self.addheader("X-Lead", "  two spaces\n\tand a fold")
+        self.addheader("X-Tight", "no-space")
+        return Milter.ACCEPT
+
+
 def main():
     global LOG
     sock, logfile = sys.argv[1], sys.argv[2]
     mode = sys.argv[3] if len(sys.argv) > 3 else "main"
     LOG = open(logfile, "a")
-    Milter.factory = {"main": Main, "lean": Lean, "slow": Slow, "die": Die}[mode]
+    Milter.factory = {"main": Main, "lean": Lean, "slow": Slow, "die": Die,
+                      "leadspc": LeadSpace}[mode]
     Milter.set_flags(Milter.CURR_ACTS)
     log(stage="start", mode=mode)
     Milter.runmilter("test_milter", sock, 60)
