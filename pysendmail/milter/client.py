@@ -136,6 +136,7 @@ class Result:
 
 
 _CONTINUE = Result(CONTINUE)
+WRITE_BUFFER = 1 << 18      # wait for the milter to read only past this many bytes queued
 
 # client states (Sendmail's SMFS_*)
 CLOSED, OPEN, INMSG, DONE, ERROR = "closed", "open", "inmsg", "done", "error"
@@ -220,16 +221,28 @@ class MilterClient:
         self.negotiated = got
         return _CONTINUE
 
-    async def _send(self, command):
-        if self._writer is None:
+    async def _send(self, command, before=b""):
+        """Write `before` (encoded macros) and the command in one write."""
+        await self._write(before + command.encode() if before else command.encode(),
+                          type(command).__name__)
+
+    async def _write(self, data, what):
+        """One write; wait (S:) only when the socket buffer is full: the round trip per
+        stage is what costs, so the packets of a stage leave together."""
+        writer = self._writer
+        if writer is None:
             raise _Failure("not connected")
         try:
-            self._writer.write(command.encode())
-            await asyncio.wait_for(self._writer.drain(), self._limit(self.timeouts["S"]))
-        except asyncio.TimeoutError:
-            raise _Failure("write timeout (%s)" % type(command).__name__) from None
+            writer.write(data)
+            if writer.transport.is_closing():
+                raise OSError("connection closed")
+            if writer.transport.get_write_buffer_size() > WRITE_BUFFER:
+                async with asyncio.timeout(self._limit(self.timeouts["S"])):
+                    await writer.drain()
+        except TimeoutError:
+            raise _Failure("write timeout (%s)" % what) from None
         except (OSError, RuntimeError) as e:
-            raise _Failure("write error (%s): %s" % (type(command).__name__, e)) from None
+            raise _Failure("write error (%s): %s" % (what, e)) from None
 
     async def _read(self, where, deadline=None):
         """The next response; raises _Failure on EOF, timeout or garbage."""
@@ -242,8 +255,9 @@ class MilterClient:
                     raise _Failure("%s: end-of-message timeout (E:)" % where)
                 timeout = left if timeout is None else min(timeout, left)
             try:
-                data = await asyncio.wait_for(self._reader.read(1 << 16), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):        # no task per read (wait_for's)
+                    data = await self._reader.read(1 << 16)
+            except TimeoutError:
                 if deadline is not None and deadline - loop.time() <= 0:
                     raise _Failure("%s: end-of-message timeout (E:)" % where) from None
                 raise _Failure("%s: read timeout" % where) from None
@@ -282,16 +296,17 @@ class MilterClient:
             return self.negotiated.macros[stage]
         return tuple(self.macros.get(mc.STAGE_NAMES[stage], ()))
 
-    async def _macros(self, stage, values):
+    def _macros(self, stage, values):
+        """The encoded SMFIC_MACRO packet of `stage` (b"" when there is nothing to send);
+        it goes out in the same write as the stage's command."""
         if not values:
-            return
+            return b""
         pairs = []
         for name in self.stage_macros(stage):
             v = _macro_value(values, name)
             if v is not None:
                 pairs.append((name, v))
-        if pairs:
-            await self._send(mc.Macro(mc.STAGE_COMMANDS[stage], pairs))
+        return mc.Macro(mc.STAGE_COMMANDS[stage], pairs).encode() if pairs else b""
 
     def _verdict(self, code, reply):
         """Map a response to a stage to its Result; a bogus one raises _Failure."""
@@ -310,11 +325,12 @@ class MilterClient:
             return _CONTINUE
         code = command.CODE
         try:
-            if stage is not None:
-                await self._macros(stage, values)
+            before = self._macros(stage, values) if stage is not None else b""
             if self.negotiated.skips(code):
+                if before:
+                    await self._write(before, "Macro")      # the macros still go
                 return _CONTINUE
-            await self._send(command)
+            await self._send(command, before)
             if self.negotiated.no_reply(code):
                 return _CONTINUE
             while True:
@@ -412,8 +428,7 @@ class MilterClient:
             return _CONTINUE
         mods, quarantine, replfailed = [], None, False
         try:
-            await self._macros(mc.SMFIM_EOM, macros)
-            await self._send(mc.EndOfMessage())
+            await self._send(mc.EndOfMessage(), self._macros(mc.SMFIM_EOM, macros))
             loop = asyncio.get_running_loop()
             limit = self._limit(self.timeouts["E"])
             deadline = loop.time() + limit if limit else None
