@@ -120,6 +120,16 @@ def test_multi_label_public_suffix(zone):
     assert zone.asked("_dmarc.mail.shop.example.co.uk")
 
 
+def test_internationalized_from_domain_is_asked_in_a_label_form(zone):
+    zone.add("_dmarc.xn--bcher-kva.example", "TXT", '"v=DMARC1; p=reject"')
+    r = run(zone, "Mail.Bücher.example", dkim=[("pass", "xn--bcher-kva.example")])
+    assert (r.result, r.header_from, r.record_domain) == \
+        ("pass", "mail.xn--bcher-kva.example", "xn--bcher-kva.example")
+    assert run(zone, "bücher.example", dkim=[("pass", "other.example")]).disposition == \
+        "reject"
+    assert dmarc.from_domain(["From: a@bücher.example".encode()]) == "xn--bcher-kva.example"
+
+
 # -- policy discovery -----------------------------------------------------------------
 
 def test_policy_discovery_at_the_org_domain_sp_for_subdomains(zone):

@@ -171,6 +171,8 @@ def _clean_domain(domain):
     if not domain:
         return None
     domain = str(domain).strip().lower().rstrip(".")
+    if not domain.isascii():            # an IDN: its A-label form, as DNS and d= use
+        domain = _psl.to_ascii(domain)
     return domain if valid_domain(domain) else None
 
 

@@ -38,8 +38,9 @@ _cache = {}
 _cache_lock = threading.Lock()
 
 
-def _alabel(name):
-    """`name` with every non-ASCII label in its A-label (punycode) form, or None."""
+def to_ascii(name):
+    """`name` with every non-ASCII label in its A-label ("xn--", punycode) form, or
+    None when a label cannot be encoded (no IDNA mapping beyond lower case)."""
     if name.isascii():
         return name
     try:
@@ -73,7 +74,7 @@ class PublicSuffixList:
         if not rule or "*" in rule:
             return                      # a wildcard elsewhere than leftmost: not in use
         target.add(rule)
-        ascii_form = _alabel(rule)
+        ascii_form = to_ascii(rule)
         if ascii_form and ascii_form != rule:
             target.add(ascii_form)
 
