@@ -248,6 +248,7 @@ def opendkim_verdicts(dk, raw):
     return dkim_results(result.message.headers), result.message.headers
 
 
+@pytest.mark.peer
 def test_we_sign_with_the_fixture_key_and_opendkim_verifies(opendkim, dkim_key, tmp_path):
     table = fixture_table(dkim_key, tmp_path)
     msg = our_message("fixture-key")
@@ -268,6 +269,7 @@ def test_we_sign_with_the_fixture_key_and_opendkim_verifies(opendkim, dkim_key, 
     assert opendkim_verdicts(opendkim, sig + tamper_header(msg))[0] == ["fail"]
 
 
+@pytest.mark.peer
 @pytest.mark.parametrize("which", ["rsa", "ed25519"])
 def test_we_sign_with_keygen_keys_and_opendkim_verifies(opendkim_ours, ours, which, tmp_path):
     k = ours[which]
@@ -280,6 +282,7 @@ def test_we_sign_with_keygen_keys_and_opendkim_verifies(opendkim_ours, ours, whi
     assert opendkim_verdicts(opendkim_ours, sig + tamper_body(msg))[0] == ["fail"]
 
 
+@pytest.mark.peer
 def test_dual_signature_rsa_and_ed25519_both_pass_at_opendkim(opendkim_ours, ours):
     table = KeyTable.load("%s\n%s\n" % (ours["rsa"].table_line, ours["ed25519"].table_line))
     msg = our_message("dual")
@@ -297,6 +300,7 @@ def opendkim_signed(dk, tag):
     return join_message(result.message.headers, result.message.body)
 
 
+@pytest.mark.peer
 def test_opendkim_signs_we_verify(opendkim, dns):
     raw = opendkim_signed(opendkim, "we-verify")
     lookup = lookup_for(dns)
@@ -323,6 +327,7 @@ def test_opendkim_signs_we_verify(opendkim, dns):
     assert results(dkim_check.verify_all(raw.replace(b"\r\n", b"\n"), lookup)) == ["pass"]
 
 
+@pytest.mark.peer
 def test_opendkim_signs_ed25519_we_verify(dkim_key, ours, dns):
     """OpenDKIM 2.11 signing with an Ed25519 key written by dkim-keygen (PKCS#8 PEM)."""
     k = ours["edsig"]
@@ -340,6 +345,7 @@ def test_opendkim_signs_ed25519_we_verify(dkim_key, ours, dns):
     assert results(dkim_check.verify_all(tamper_header(raw), lookup_for(dns))) == ["fail"]
 
 
+@pytest.mark.peer
 def test_one_good_one_bad_signature_two_results(opendkim, dkim_key, ours, dns, tmp_path):
     raw = opendkim_signed(opendkim, "two-sigs")
     # a signature by our Ed25519 key under a selector whose record is another key's
