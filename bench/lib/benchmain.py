@@ -23,6 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import phase_authcheck  # noqa: E402
 import phase_cf  # noqa: E402
 import phase_deliver  # noqa: E402
 import phase_mem  # noqa: E402
@@ -43,6 +44,7 @@ PHASES = {
     "mem": phase_mem,              # issue 4: daemon memory idle, 1,000 and 10,000 idle sessions
     "deliver": phase_deliver,      # issue 5: delivery rate from the queue (Maildir, relay) vs Postfix
     "milter": phase_milter,        # accept rate through 0, 1, 3 no-op milters vs Postfix; cost per milter
+    "authcheck": phase_authcheck,  # accept rate with the inbound SPF/DKIM/ARC/DMARC checks on and off; cost per message
 }
 DEFAULT_PHASES = ["submit"]
 
