@@ -52,6 +52,8 @@ setup(
         "authres>=1.2",
         "cryptography>=41",
         "lark>=1.1",
+        "dkimpy>=1.1",          # DKIM and ARC (mailauth/)
+        "pyspf>=2.0.14",        # SPF (mailauth/spf.py)
     ],
     extras_require={
         # pymilter compiles against libmilter-dev: only for writing milters and for tests.

@@ -51,6 +51,33 @@ def _loopback_resolver():
 
 os.environ["PYSENDMAIL_RESOLV_CONF"] = _loopback_resolver()
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _failing_resolver():
+    """As root, the resolver of every pysendmail the tests start is a DNS server on
+    loopback that answers SERVFAIL to every question: a lookup nobody prepared fails at
+    once, as a temporary failure, instead of waiting for a timeout (the daemon's
+    authentication checks ask DNS about every message).  Tests that need answers start
+    their own server (dns_helpers.py) and write the instance's resolv.conf."""
+    if not IS_ROOT:
+        yield None
+        return
+    import shutil
+    import tempfile
+    from dns_helpers import LoopbackDns
+    server = LoopbackDns()
+    server.servfail_all = True
+    where = tempfile.mkdtemp(prefix="pysendmail-resolver-")     # readable by `nobody` too
+    os.chmod(where, 0o755)
+    path = server.write_resolv_conf(os.path.join(where, "resolv.conf"))
+    os.chmod(path, 0o644)
+    before = os.environ["PYSENDMAIL_RESOLV_CONF"]
+    os.environ["PYSENDMAIL_RESOLV_CONF"] = path
+    yield server
+    os.environ["PYSENDMAIL_RESOLV_CONF"] = before
+    server.stop()
+    shutil.rmtree(where, ignore_errors=True)
+
 root_only = pytest.mark.skipif(not IS_ROOT, reason="needs root")
 
 

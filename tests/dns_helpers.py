@@ -53,6 +53,7 @@ class LoopbackDns:
         import dns.message  # noqa: F401  (fail early if dnspython is missing)
         self.zone = {}                  # (name, TYPE) -> [rdata text]
         self.servfail, self.silent, self.truncate = set(), set(), set()
+        self.servfail_all = False       # SERVFAIL to every question (conftest's resolver)
         self.queries = []
         self.stopping = False
         self.lock = threading.Lock()
@@ -103,7 +104,7 @@ class LoopbackDns:
             return None
         response = dns.message.make_response(request)
         response.flags |= dns.flags.AA
-        if name in servfail:
+        if name in servfail or self.servfail_all:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response
         target = name

@@ -9,7 +9,7 @@ runs and belongs to the caller, a submission is handed to it over its socket
 import posix
 import sys
 
-SUBCOMMANDS = ("install", "uninstall", "launchers", "passwd")
+SUBCOMMANDS = ("install", "uninstall", "launchers", "passwd", "dkim-keygen")
 
 
 def _out(text, fd=1):
@@ -27,6 +27,9 @@ def main(argv=None):
         if args and args[0] == "passwd":
             from . import saslpasswd
             return saslpasswd.main(args[1:])
+        if args and args[0] == "dkim-keygen":
+            from . import dkim_keygen
+            return dkim_keygen.main(args[1:])
         if args and args[0] in SUBCOMMANDS:
             from . import install
             return install.main([args[0]] + args[1:])

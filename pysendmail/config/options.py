@@ -39,6 +39,7 @@ HeaderCheckTimeout QueueFileMode DeliveryMode LogLevel MailboxFormat MaildirPath
 QueueForeground QueueGroup LocalDomains AliasDatabase QueueInterval
 DaemonWorkers AuthPasswordFile ClientRate ClientConn
 AuthInfoFile TLSRequiredHosts TLSVerifyHosts MaxHostConnections MaxOutboundConnections
+AuthChecks AuthReject AuthCheckThreads DKIMKeyTable
 """.split())
 
 

@@ -36,13 +36,18 @@ class Lookup:
         if nameservers:
             r = dns.resolver.Resolver(configure=False)
             r.nameservers = list(nameservers)
+            r.timeout, r.lifetime = min(timeout, 2.0), timeout
         elif conf:
+            # resolv.conf's "options timeout:N attempts:N" as the C resolver reads them,
+            # within `timeout` for the whole question
+            from ..config.canon import _resolv_options
             r = dns.resolver.Resolver(filename=conf)
+            each, attempts = _resolv_options(conf)
+            r.timeout, r.lifetime = min(each, timeout), min(each * attempts, timeout)
         else:
             r = dns.resolver.Resolver(configure=False)
+            r.timeout, r.lifetime = min(timeout, 2.0), timeout
         r.port = port
-        r.timeout = min(timeout, 2.0)
-        r.lifetime = timeout
         r.cache = None
         self.resolver = r
         self.cache_size, self.max_ttl = cache_size, max_ttl

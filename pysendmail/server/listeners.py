@@ -7,7 +7,9 @@
 Each `O DaemonPortOptions=` line of the cf adds a listener (a later one with the same
 Name replaces it, as in Sendmail, so `-O DaemonPortOptions=Port=2600,Name=MTA` on the
 command line moves the MTA). Keys: Port (number or service name), Addr, Family (inet,
-inet6), Name, Listen (backlog), M / Modifiers (letters below); unknown keys are
+inet6), Name, Listen (backlog), M / Modifiers (letters below), Checks (pysendmail's:
+the inbound authentication checks of this listener, spf+dkim+arc+dmarc, all or none;
+default: O AuthChecks for a listener without M=a, none with it); unknown keys are
 warned about and ignored. Modifiers: a require AUTH, A no AUTH, s TLS from the first
 byte (SMTPS, port 465), S no STARTTLS, E no ETRN, O optional (a listener that cannot
 be bound is skipped), f require fully qualified addresses, u allow unqualified ones.
@@ -26,10 +28,11 @@ SERVICES = {"smtp": 25, "submission": 587, "smtps": 465, "submissions": 465}
 
 
 class ListenerSpec:
-    __slots__ = ("name", "port", "addr", "family", "modifiers", "backlog")
+    __slots__ = ("name", "port", "addr", "family", "modifiers", "backlog", "checks")
 
     def __init__(self, name="MTA", port=25, addr="", family="inet", modifiers="",
-                 backlog=4096):
+                 backlog=4096, checks=None):
+        self.checks = checks            # Checks=spf+dkim+dmarc+arc|none; None: O AuthChecks
         self.name = name
         self.port = port
         self.addr = addr
@@ -107,6 +110,8 @@ def parse(value, warn=None):
             spec.modifiers = val.replace(" ", "")
         elif key == "listen":
             spec.backlog = max(int(val), 1)
+        elif key == "checks":
+            spec.checks = val
         elif warn is not None:
             warn("DaemonPortOptions: option %s ignored" % key)
     if spec.addr and ":" in spec.addr and spec.family == "inet":

@@ -27,6 +27,7 @@ from ..proto.smtp_reply import Reply
 from ..proto.smtp_server import BDAT, CLOSED, DATA, SMTPServerConnection
 from .access import relay_field
 from .receive import Incoming, SessionFacts
+from .session_filters import FilterAnswers
 from .session_security import SecurityExchanges
 
 NEED_DATA = ev.NEED_DATA
@@ -34,7 +35,7 @@ DATA_BLOCK = 1024
 READ_SIZE = 65536
 
 
-class SMTPSession(SecurityExchanges, asyncio.Protocol):
+class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
     __slots__ = ("w", "listener", "transport", "conn", "client", "deadline", "incoming",
                  "sender", "mail_params", "rcpts", "discard", "waiting", "counted",
                  "sasl", "closing", "paused_writing", "tls_macros", "last_block",
@@ -411,10 +412,11 @@ class SMTPSession(SecurityExchanges, asyncio.Protocol):
             inc.abandon()
             self.incoming = None
             return R.accepted(inc.qid)
-        if self.milter is not None:
-            return self._later(self.milter.end_of_message(inc, env),
-                               lambda result: self._milter_eom(result, inc, env, facts), event)
-        return self._commit(inc, env, facts)
+        checks = w.checks_for(self.listener)
+        if checks:
+            return self._later(self._run_checks(checks, inc), lambda outcome: self._checked(
+                outcome, inc, env, facts, event), event)
+        return self._filter_or_commit(inc, env, facts, event)
 
     def _commit(self, inc, env, facts):
         """The tf file written, then the group commit; the reply waits for it."""
@@ -458,88 +460,6 @@ class SMTPSession(SecurityExchanges, asyncio.Protocol):
         if event.esmtp:
             return R.ehlo_ok(self.w.hostname, peer, self.conn.ehlo_keywords())
         return R.helo_ok(self.w.hostname, peer)
-
-    # -- answers that wait for the milters ------------------------------------------------------
-    def _later(self, awaitable, finish, event):
-        """Answer `event` when `awaitable` is done: finish(its result) gives the Reply (or
-        None when it started another wait, as the commit). Reading stops meanwhile."""
-        self.waiting = True
-        self.transport.pause_reading()
-        task = asyncio.ensure_future(awaitable)
-        task.add_done_callback(lambda t: self._later_done(t, finish, event))
-        return None
-
-    def _later_done(self, task, finish, event):
-        if self.conn is None or self.transport is None or self.transport.is_closing():
-            return
-        try:
-            reply = finish(task.result())
-        except Exception as e:      # a bug must cost this message, never the session's state
-            self.w.log.err(self.log_id, "SYSERR(%s): milter: %s: %s"
-                           % (self.w.user, type(e).__name__, e))
-            reply = Reply(451, "4.3.0", "Temporary system error")
-            if self.incoming is not None and type(event) is ev.MessageComplete:
-                self.incoming.abandon()
-                self.incoming = None
-        if reply is None:
-            return
-        conn = self.conn
-        out = conn.send(reply)
-        self._after(event, reply)
-        if self.closing and conn.phase != CLOSED and not conn.in_transaction:
-            out += self._shutdown_reply()
-        self.transport.write(out)
-        if conn.phase == CLOSED:
-            self.transport.close()
-            return
-        self._resume()
-
-    def _milter_refusal(self, verdict):
-        """None when the command goes on (a DISCARD marks the message); else the Reply."""
-        from .milters import DISCARD, reply_of
-        if verdict.proceeds:
-            return None
-        if verdict.action == DISCARD:
-            self.discard = True
-            return None
-        return reply_of(verdict.reply)
-
-    def _milter_greeting(self, verdict):
-        from .milters import REJECT, SHUTDOWN
-        if verdict.action == SHUTDOWN:
-            return Reply(421, "4.7.0", "%s closing connection" % self.w.hostname)
-        greeting = self.w.greeting()
-        if verdict.action == REJECT:        # Sendmail: greet 554, then refuse commands
-            return Reply(554, None, greeting.text)
-        return greeting                     # TEMPFAIL: MAIL will get 451 4.3.2
-
-    def _milter_data(self, verdict):
-        reply = self._milter_refusal(verdict)
-        if reply is not None:
-            return reply
-        self.last_block = 0
-        self.deadline = time.monotonic() + self.w.timeout_datablock
-        return R.start_data()
-
-    def _milter_eom(self, result, inc, env, facts):
-        from .milters import DISCARD, reply_of
-        verdict = result.verdict
-        if self.incoming is not inc or inc.fd is None:
-            return Reply(451, "4.3.0", "Error writing data file")
-        if verdict.proceeds:
-            self.milter.apply(env, inc, result.message)
-            if env.recipients:
-                if env.hold_reason:
-                    self.w.log.info(inc.qid, "quarantine=%s" % env.hold_reason)
-                return self._commit(inc, env, facts)
-            self.w.log.info(inc.qid, "Milter: all recipients removed: discarded")
-        elif verdict.action == DISCARD:
-            self.w.log.info(inc.qid, "Milter: discarded")
-        inc.abandon()
-        self.incoming = None
-        if verdict.proceeds or verdict.action == DISCARD:
-            return R.accepted(inc.qid)
-        return reply_of(verdict.reply)
 
     # -- the sweeper's side ---------------------------------------------------------------------
     def timed_out(self, now):

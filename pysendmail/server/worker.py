@@ -27,6 +27,7 @@ from .commit import GroupCommitter
 SWEEP_EVERY = 5.0
 POKE_EVERY = 0.05   # wake the queue runner at most this often
 SWITCH_INTERVAL = 0.0005    # seconds between GIL hand-overs (CPython's default: 0.005)
+DEFAULT_CHECKS = "spf, dkim, arc, dmarc"    # O AuthChecks unset
 
 
 def _seconds(options, name, default):
@@ -60,6 +61,9 @@ class Worker:
         self.user = user or "root"
         self.queue_poke = queue_poke
         self.milters = None             # milter.config.MilterConfig with filters, or None
+        self.inbound = None             # mailauth.inbound.InboundChecks, made on first use
+        self.check_executor = None
+        self._checks = {}
         self.spool = Spool(layout.queue, use_pool=True)
         self.names = ClientNames(options, layout.resolv_confs)
         self.sessions = set()
@@ -103,6 +107,33 @@ class Worker:
                 expn=False)
             self._configs[key] = config
         return config
+
+    def checks_for(self, listener):
+        """The inbound authentication checks of a listener (a frozenset, maybe empty)."""
+        got = self._checks.get(listener.name)
+        if got is None:
+            from ..mailauth.inbound import parse_list
+            text = listener.checks
+            if text is None:
+                text = "none" if listener.auth_required else \
+                    self.options.get("AuthChecks", DEFAULT_CHECKS)
+            got = self._checks[listener.name] = parse_list(text)
+            if got and self.inbound is None:
+                self._start_checks()
+        return got
+
+    def _start_checks(self):
+        from concurrent.futures import ThreadPoolExecutor
+        from ..mailauth.dns import Lookup
+        from ..mailauth.inbound import InboundChecks
+        lookup = Lookup(resolv_confs=self.layout.resolv_confs,
+                        timeout=_seconds(self.options, "Timeout.authcheck", 10))
+        reject = (self.options.get("AuthReject") or "").replace(",", " ").lower().split()
+        self.inbound = InboundChecks(self.hostname, lookup, reject,
+                                     log=lambda text: self.log.warning(None, text))
+        self.check_executor = ThreadPoolExecutor(
+            max_workers=_int(self.options, "AuthCheckThreads", 8),
+            thread_name_prefix="authcheck")
 
     def tls_macros(self, ssl_object):
         from .tls import tls_macros
