@@ -94,6 +94,7 @@ class Agent:
         self._authinfo = None
         self._views = {}
         self._timeouts = None
+        self._outbound_auth = None
         self.helo_name = options.get("HeloName") or ident.j
 
     # -- configuration ---------------------------------------------------------------
@@ -102,6 +103,13 @@ class Agent:
             from .router import load_rules
             self._rules = load_rules(self.layout, self.options, self.ident.j)
         return self._rules
+
+    def outbound_auth(self):
+        """The DKIM signer / ARC sealer (delivery.outbound_auth), or None without keys."""
+        if self._outbound_auth is None:
+            from .outbound_auth import OutboundAuth
+            self._outbound_auth = OutboundAuth(self.options, self.ident.j, self.log)
+        return self._outbound_auth or None
 
     def view(self, mailer):
         if mailer not in self._views:

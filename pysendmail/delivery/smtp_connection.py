@@ -170,6 +170,9 @@ class Connection:
                 if action == "convert":
                     headers, body_tmp = _convert(env, headers, source, agent.ident.j)
                 body_8bit = False
+            signer = None if self.route.lmtp else agent.outbound_auth()
+            if signer is not None:
+                headers = signer.apply(headers, _body_bytes(body_tmp, source), env.qid)
             rcpts = []
             for i in indices:
                 r = env.recipients[i]
@@ -279,6 +282,18 @@ class Connection:
             await asyncio.wait_for(w.wait_closed(), 5)
         except (OSError, ConnectionError, asyncio.TimeoutError, Exception):
             pass
+
+
+def _body_bytes(body_tmp, source):
+    """The body as it will be sent (converted or queued), read whole for signing."""
+    if body_tmp is not None:
+        body_tmp.seek(0)
+        return body_tmp.read()
+    f = source._body()
+    try:
+        return f.read()
+    finally:
+        f.close()
 
 
 def _bare(address):
