@@ -16,7 +16,7 @@ import pytest
 
 from conftest import Instance
 from milter_helpers import MYNAME, start_chain_milter, start_milter, stop, write_milter_cf
-from smtpd_helpers import SMTPDaemon, wait_for
+from smtpd_helpers import SMTPDaemon, free_port, wait_for
 from pysendmail.queue import qfile
 
 RCPT = "root@" + MYNAME
@@ -420,11 +420,17 @@ def test_chain_of_two_first_refusal_wins(sm_root, tmp_path):
 # ---- failure modes ------------------------------------------------------------------------
 
 def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port nobody listens on (a filter that is down)."""
+    return free_port()
+
+
+def greeting(port):
+    """The first bytes the daemon says to a new connection (b"" when it says nothing)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            return s.recv(200)
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize("flags,expect", [
@@ -438,13 +444,7 @@ def test_filter_down(sm_root, flags, expect):
         d = SMTPDaemon(sm_root, ["-odq"], wait_banner=False)
         try:
             assert wait_for(lambda: os.path.exists(d.log), 10)
-            def greeting():
-                try:
-                    with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
-                        return s.recv(200)
-                except OSError:
-                    return b""
-            assert wait_for(lambda: greeting().startswith(b"554 "), 15)
+            assert wait_for(lambda: greeting(d.port).startswith(b"554 "), 15)
         finally:
             d.stop()
         return
@@ -464,14 +464,8 @@ def test_filter_down_with_f4_closes_with_421(sm_root):
     write_milter_cf(sm_root, [("down", "inet:%d@127.0.0.1" % closed_port(), "4")])
     d = SMTPDaemon(sm_root, ["-odq"], wait_banner=False)
     try:
-        def greeting():
-            try:
-                with socket.create_connection(("127.0.0.1", d.port), timeout=5) as s:
-                    return s.recv(200)
-            except OSError:
-                return b""
-        assert wait_for(lambda: greeting().startswith(b"421 4.7.0 %s closing connection"
-                                                      % MYNAME.encode()), 15)
+        assert wait_for(lambda: greeting(d.port).startswith(
+            b"421 4.7.0 %s closing connection" % MYNAME.encode()), 15)
     finally:
         d.stop()
 
