@@ -136,7 +136,6 @@ class Result:
 
 
 _CONTINUE = Result(CONTINUE)
-WRITE_BUFFER = 1 << 18      # wait for the milter to read only past this many bytes queued
 
 # client states (Sendmail's SMFS_*)
 CLOSED, OPEN, INMSG, DONE, ERROR = "closed", "open", "inmsg", "done", "error"
@@ -227,8 +226,7 @@ class MilterClient:
                           type(command).__name__)
 
     async def _write(self, data, what):
-        """One write; wait (S:) only when the socket buffer is full: the round trip per
-        stage is what costs, so the packets of a stage leave together."""
+        """One write (the packets of a stage leave together), then drain (S:)."""
         writer = self._writer
         if writer is None:
             raise _Failure("not connected")
@@ -236,9 +234,9 @@ class MilterClient:
             writer.write(data)
             if writer.transport.is_closing():
                 raise OSError("connection closed")
-            if writer.transport.get_write_buffer_size() > WRITE_BUFFER:
-                async with asyncio.timeout(self._limit(self.timeouts["S"])):
-                    await writer.drain()
+            # drain() through wait_for: besides the S: limit, one turn of the event
+            # loop before the read, measured faster at one session (bench/run milter)
+            await asyncio.wait_for(writer.drain(), self._limit(self.timeouts["S"]))
         except TimeoutError:
             raise _Failure("write timeout (%s)" % what) from None
         except (OSError, RuntimeError) as e:
