@@ -229,15 +229,9 @@ class PostfixSmtpd(_Server):
     def stop(self):
         self.pf.stop()
 
-    def version(self):
-        try:
-            return self.pf.version()
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-
     def describe(self):
         return {"key": self.key, "label": self.label, "target": self.target(),
-                "version": self.version(), "config": self.pf.etc,
+                "version": self.pf.known_version(), "config": self.pf.etc,
                 "main_cf_extra": self.pf.extra_main, "master_cf_extra": self.pf.extra_master}
 
 

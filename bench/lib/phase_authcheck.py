@@ -25,7 +25,7 @@ Cells: (a) smtp-source's unsigned 4 KB messages (phase_smtp.one_run), 20 session
 the bench (one connection per message, 20 sessions): the RSA verification included.
 Per cell and server: one untimed warm-up, then BENCH_AUTHCHECK_RUNS rounds, servers
 interleaved (order reversed every other round), queues drained (untimed) around every run;
-daemon CPU (the process tree, phase_milter._tree_cpu_s) and the DNS server's queries over
+daemon CPU (the process tree, phase_common.tree_cpu_s) and the DNS server's queries over
 each run including its drain; the `auth:` lines of pysendmail's maillog tallied per run
 (proof that the checks ran, and their results).
 
@@ -38,16 +38,18 @@ import contextlib
 import json
 import os
 import select
-import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
 
 import phase_smtp
-from mta_servers import HOST, PostfixSmtpd, PysendmailDaemon, _stop_popen
-from phase_milter import _cpu_s, _env_list, _tree_cpu_s
-from phase_smtp import _f, one_run, source_argv, start_all
+from mta_servers import PostfixSmtpd, PysendmailDaemon, _stop_popen
+from phase_common import (ArgvTarget, config_lines, cpu_s, delta, env_list, fmt, maillog_lines, median,
+                          medians_text, messages_for, paired, postfix_version, rate_cell, rate_summary,
+                          run_rounds, run_settings, stop_all, timed_run, tree_cpu_s, trouble_lines,
+                          warmup_messages)
+from phase_smtp import one_run, source_argv, start_all
 
 SIZE = 4096
 SENDER = "a@sender.test"       # envelope and From: a domain of two labels (see smtp_source_sender)
@@ -59,21 +61,12 @@ NEEDED = (("dkim", "dkimpy"), ("spf", "pyspf"), ("pytest", "pytest"))   # module
 
 
 def settings():
-    cells = [("unsigned", s) for s in _env_list("BENCH_AUTHCHECK_SESSIONS", "20,1")]
+    cells = [("unsigned", s) for s in env_list("BENCH_AUTHCHECK_SESSIONS", "20,1")]
     if os.environ.get("BENCH_AUTHCHECK_SIGNED", "1") != "0":
         cells.append(("signed", 20))
-    return {
-        "cells": cells, "size": SIZE,
-        "messages": int(os.environ.get("BENCH_AUTHCHECK_MESSAGES", 1000)),
-        "messages_serial": int(os.environ.get("BENCH_AUTHCHECK_MESSAGES_SERIAL", 300)),
-        "runs": int(os.environ.get("BENCH_AUTHCHECK_RUNS", 5)),
-        "max_seconds": float(os.environ.get("BENCH_AUTHCHECK_MAX_SECONDS", 600)),
-        "run_timeout": float(os.environ.get("BENCH_AUTHCHECK_RUN_TIMEOUT", 120)),
-        "drain_timeout": float(os.environ.get("BENCH_AUTHCHECK_DRAIN_TIMEOUT", 30)),
-        "postfix_port": int(os.environ.get("BENCH_AUTHCHECK_POSTFIX_PORT", 2670)),
-        "pysendmail_port": int(os.environ.get("BENCH_AUTHCHECK_PYSENDMAIL_PORT", 2671)),
-        "checks": os.environ.get("BENCH_AUTHCHECK_CHECKS", ON_CHECKS),
-    }
+    return {"cells": cells, "size": SIZE,
+            **run_settings("AUTHCHECK", messages_serial=300, postfix_port=2670, pysendmail_port=2671),
+            "checks": os.environ.get("BENCH_AUTHCHECK_CHECKS", ON_CHECKS)}
 
 
 @contextlib.contextmanager
@@ -226,7 +219,7 @@ class DnsServer:
         return self._reply(10)
 
     def cpu_s(self):
-        return _cpu_s([self.proc.pid]) if self.proc else None
+        return cpu_s([self.proc.pid]) if self.proc else None
 
     def stop(self):
         if self.proc is None:
@@ -401,19 +394,16 @@ def _dns_delta(a, b):
                                          if v - a["by"].get(k, 0)}}
 
 
-def timed_run(srv, dns, kind, sess, m, cfg, data):
-    srv.drain(cfg["drain_timeout"])
-    srv.auth_results()              # what came before this run is not counted
-    q0, s0, d0 = dns.count(), _tree_cpu_s(srv), dns.cpu_s()
-    ok, dt, err = _send(kind, srv, sess, m, cfg, data)
-    left = srv.remaining()
-    dok, ds, _ = srv.drain(cfg["drain_timeout"])
-    s1, d1, q1 = _tree_cpu_s(srv), dns.cpu_s(), dns.count()
-    return {"ok": ok, "seconds": round(dt, 3), "rate": round(m / dt, 1) if ok else None, "error": err,
-            "left_at_end": left, "drain_s": round(ds, 3), "drained": dok,
-            "server_cpu_s": round(s1 - s0, 3) if s0 is not None and s1 is not None else None,
-            "dns_cpu_s": round(d1 - d0, 3) if d0 is not None and d1 is not None else None,
-            "dns": _dns_delta(q0, q1), "auth": srv.auth_results()}
+def measure(srv, dns, kind, sess, m, cfg, data):
+    """One run with its drains, daemon and DNS CPU, DNS questions and auth results: a record."""
+    # auth_results() first: what came before this run is not counted
+    rec, (_, q0, s0, d0), (s1, d1, q1) = timed_run(
+        srv, m, lambda: _send(kind, srv, sess, m, cfg, data), cfg["drain_timeout"],
+        before=lambda: (srv.auth_results(), dns.count(), tree_cpu_s(srv), dns.cpu_s()),
+        after=lambda: (tree_cpu_s(srv), dns.cpu_s(), dns.count()))
+    rec.update(server_cpu_s=delta(s0, s1), dns_cpu_s=delta(d0, d1), dns=_dns_delta(q0, q1),
+               auth=srv.auth_results())
+    return rec
 
 
 def run(ctx):
@@ -427,7 +417,7 @@ def run(ctx):
     kept, failed, cells = [], [], []
     signed = None
     with smtp_source_sender(SENDER):
-        argv = source_argv(_Target(), "S", "M", SIZE)
+        argv = source_argv(ArgvTarget(), "S", "M", SIZE)
     try:
         info = dns.start()
         ctx.log(f"authcheck: DNS server on {info['address']}:{info['port']}; zone {info['zone']}"
@@ -443,11 +433,11 @@ def run(ctx):
                 continue
             if kind == "signed" and signed is None:
                 continue
-            m = max(sess, cfg["messages"] if sess > 1 else cfg["messages_serial"])
+            m = messages_for(cfg, sess)
             cell = {"kind": kind, "sessions": sess, "messages": m, "servers": {},
                     "bytes": len(signed) if kind == "signed" else None}
             for srv in kept:
-                mw = min(m, max(2 * sess, 100))
+                mw = warmup_messages(m, sess)
                 q0 = dns.count()
                 ok, dt, err = _send(kind, srv, sess, mw, cfg, signed)
                 srv.drain(cfg["drain_timeout"])
@@ -455,25 +445,14 @@ def run(ctx):
                     "mta": srv.mta, "on": srv.on, "runs": [],
                     "warmup": {"ok": ok, "messages": mw, "seconds": round(dt, 3), "error": err,
                                "dns": _dns_delta(q0, dns.count()), "auth": srv.auth_results()}}
-            for r in range(cfg["runs"]):
-                if r and time.monotonic() - t_start > cfg["max_seconds"]:
-                    ctx.log(f"authcheck: over {cfg['max_seconds']:.0f} s: {kind}/{sess} stops after {r} rounds")
-                    break
-                for srv in (kept if r % 2 == 0 else kept[::-1]):
-                    rec = timed_run(srv, dns, kind, sess, m, cfg, signed)
-                    cell["servers"][srv.key]["runs"].append(rec)
-                    if rec["error"]:
-                        ctx.log(f"authcheck: {srv.key} {kind}/{sess} run failed: {rec['error']}")
+            run_rounds(ctx, "authcheck", cell, kept, cfg, t_start,
+                       lambda srv: measure(srv, dns, kind, sess, m, cfg, signed),
+                       what=f"{kind}/{sess}", tag=f"{kind}/{sess} ", alternate=True)
             summarize(cell)
-            ctx.log(f"authcheck: {kind} x {sess} sessions, M={m}: msgs/s median " + ", ".join(
-                f"{k} {v['median']}" for k, v in cell["servers"].items()))
+            ctx.log(f"authcheck: {kind} x {sess} sessions, M={m}: msgs/s median {medians_text(cell)}")
             cells.append(cell)
     finally:
-        for srv in servers:
-            try:
-                srv.stop()
-            except Exception as e:
-                ctx.log(f"authcheck: stopping {srv.key}: {e}")
+        stop_all(ctx, "authcheck", servers)
         dns_total = dns.count()
         dns.stop()
     return {"phase": "authcheck", "seconds": round(time.monotonic() - t_start, 1), "settings": cfg,
@@ -484,27 +463,19 @@ def run(ctx):
 
 
 # -- figures ----------------------------------------------------------------------------------
-def _median(xs, nd=3):
-    xs = [x for x in xs if x is not None]
-    return round(statistics.median(xs), nd) if xs else None
-
-
 def summarize(cell):
     """Medians; paired (same round) ratios to Postfix and, for checks on, to checks off:
     on/off, added wall ms/msg = 1000/r_on - 1000/r_off, added daemon CPU ms/msg."""
     srvs, m = cell["servers"], cell["messages"]
     for rec in srvs.values():
         runs = rec["runs"]
-        rates = [x["rate"] for x in runs]
-        good = [x for x in rates if x]
-        rec.update(rates=rates, median=_median(rates, 1), min=min(good) if good else None,
-                   max=max(good) if good else None, ok_runs=len(good))
+        rate_summary(rec)
         rec["cpu_ms"] = [x["server_cpu_s"] * 1000 / m if x["ok"] and x["server_cpu_s"] is not None else None
                          for x in runs]
-        rec["cpu_ms_per_msg"] = _median(rec["cpu_ms"])
-        rec["dns_per_msg"] = _median([x["dns"]["n"] / m for x in runs if x["ok"] and x["dns"]], 3)
-        rec["dns_cpu_ms_per_msg"] = _median([x["dns_cpu_s"] * 1000 / m for x in runs
-                                             if x["ok"] and x["dns_cpu_s"] is not None])
+        rec["cpu_ms_per_msg"] = median(rec["cpu_ms"])
+        rec["dns_per_msg"] = median([x["dns"]["n"] / m for x in runs if x["ok"] and x["dns"]], 3)
+        rec["dns_cpu_ms_per_msg"] = median([x["dns_cpu_s"] * 1000 / m for x in runs
+                                            if x["ok"] and x["dns_cpu_s"] is not None])
         auth = Counter()
         for x in runs:
             auth.update(x.get("auth") or {})
@@ -512,20 +483,20 @@ def summarize(cell):
     pf, off = srvs.get("postfix"), srvs.get("pysendmail-off")
     for key, rec in srvs.items():
         if pf and key != "postfix":
-            rec["paired_vs_postfix"] = _median([a / b for a, b in zip(rec["rates"], pf["rates"]) if a and b])
+            rec["paired_vs_postfix"] = paired(rec["rates"], pf["rates"])
         if key == "pysendmail-on" and off:
             pairs = [(a, b) for a, b in zip(rec["rates"], off["rates"]) if a and b]
-            rec["vs_off"] = _median([a / b for a, b in pairs])
-            rec["added_ms_per_msg"] = _median([1000 / a - 1000 / b for a, b in pairs])
-            rec["added_cpu_ms_per_msg"] = _median([a - b for a, b in zip(rec["cpu_ms"], off["cpu_ms"])
-                                                   if a is not None and b is not None])
+            rec["vs_off"] = paired(rec["rates"], off["rates"])
+            rec["added_ms_per_msg"] = median([1000 / a - 1000 / b for a, b in pairs])
+            rec["added_cpu_ms_per_msg"] = median([a - b for a, b in zip(rec["cpu_ms"], off["cpu_ms"])
+                                                  if a is not None and b is not None])
 
 
 def report(data):
     cfg = data["settings"]
     for cell in data["cells"]:          # from the raw runs again: a re-render follows a formula change
         summarize(cell)
-    pfv = next((d.get("version") for d in data["servers"] if d["mta"] == "postfix"), "?")
+    pfv = postfix_version(data)
     dns = data.get("dns") or {}
     out = ["## Inbound authentication checks: SMTP accept rate with the checks on and off", "",
            f"pysendmail's daemon (`sendmail -bD`, phase `smtp`'s cf) with `O AuthChecks={cfg['checks']}` (on) "
@@ -548,24 +519,19 @@ def report(data):
            "| messages | sessions | M | Postfix (no checks) | pysendmail off | pysendmail on | on/off | "
            "+ms/msg wall | daemon CPU ms/msg off -> on (+) | DNS q/msg on (off) | on vs Postfix |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def rate(rec):
-        return (f"**{_f(rec['median'])}** [{_f(rec['min'])}-{_f(rec['max'])}] {rec['ok_runs']}/{len(rec['runs'])}"
-                if rec else "not measured")
-
     for cell in data["cells"]:
         s = cell["servers"]
         pf, off, on = s.get("postfix"), s.get("pysendmail-off"), s.get("pysendmail-on")
         kind = "unsigned (smtp-source)" if cell["kind"] == "unsigned" else \
             f"DKIM-signed, {cell.get('bytes')} B (asyncio client)"
-        row = [kind, str(cell["sessions"]), str(cell["messages"]), rate(pf), rate(off), rate(on)]
+        row = [kind, str(cell["sessions"]), str(cell["messages"]), rate_cell(pf), rate_cell(off), rate_cell(on)]
         if on and off:
             add = on.get("added_cpu_ms_per_msg")
-            row += [f"{_f(on.get('vs_off'), '%.2f')}x", _f(on.get("added_ms_per_msg"), "%.2f"),
-                    f"{_f(off['cpu_ms_per_msg'], '%.2f')} -> {_f(on['cpu_ms_per_msg'], '%.2f')}"
+            row += [f"{fmt(on.get('vs_off'), '%.2f')}x", fmt(on.get("added_ms_per_msg"), "%.2f"),
+                    f"{fmt(off['cpu_ms_per_msg'], '%.2f')} -> {fmt(on['cpu_ms_per_msg'], '%.2f')}"
                     + (f" ({add:+.2f})" if add is not None else ""),
-                    f"{_f(on['dns_per_msg'], '%.3f')} ({_f(off['dns_per_msg'], '%.3f')})",
-                    f"{_f(on.get('paired_vs_postfix'), '%.2f')}x"]
+                    f"{fmt(on['dns_per_msg'], '%.3f')} ({fmt(off['dns_per_msg'], '%.3f')})",
+                    f"{fmt(on.get('paired_vs_postfix'), '%.2f')}x"]
         else:
             row += ["-"] * 5
         out.append("| " + " | ".join(row) + " |")
@@ -583,7 +549,7 @@ def report(data):
                    f"{' (**check**: not every message was checked)' if got < ok_msgs else ''}: {tally or '-'}; "
                    f"warm-up {on['warmup']['messages']} msgs: {wdns.get('n', '?')} DNS questions "
                    f"({', '.join(f'{k} {v}' for k, v in (wdns.get('by') or {}).items())}); DNS server CPU "
-                   f"{_f(on['dns_cpu_ms_per_msg'], '%.3f')} ms/msg")
+                   f"{fmt(on['dns_cpu_ms_per_msg'], '%.3f')} ms/msg")
         off = cell["servers"].get("pysendmail-off")
         if off and off["auth_total"]:
             out.append(f"  - **check**: the off daemon logged auth results: {off['auth_total']}")
@@ -592,43 +558,15 @@ def report(data):
         out.append(f"- the DNS server answered {tot['n']} questions over the whole phase (preflights and "
                    f"warm-ups included): " + ", ".join(f"{k} {v}" for k, v in tot["names"].items()))
     out.append("")
-    for f in data["failed"]:
-        out.append(f"- **{f['key']} not measured**: {f['error']}")
-    errs = [(c, k, x["error"]) for c in data["cells"] for k, r in c["servers"].items() for x in r["runs"]
-            if x["error"]]
-    for c, k, e in errs[:10]:
-        out.append(f"- run failed: {k} at {c['kind']}/{c['sessions']}: {e}")
-    for d in data["servers"]:
-        if d["mta"] != "pysendmail" or d["key"] not in data["measured"]:
-            continue
-        logs = d.get("maillog") or []
-        other = [ln for x in logs for ln in x["other"] if "daemon" not in ln and ": auth: " not in ln]
-        out.append(f"- {d['key']}: maillog {sum(x['received'] for x in logs)} received, "
-                   f"{sum(x['discarded'] for x in logs)} discarded"
-                   + (f", {len(d.get('queue_run_kicks') or [])} `sendmail -q` kicks"
-                      if d.get("queue_run_kicks") else "")
-                   + (": " + " / ".join(f"`{ln[-160:]}`" for ln in other[:4]) if other else ""))
+    out += trouble_lines(data, lambda c: f"{c['kind']}/{c['sessions']}")
+    out += maillog_lines(data, skip=("daemon", ": auth: "))
     if data.get("installed"):
         out.append(f"- installed into the bench venv for this phase: {', '.join(data['installed'])}")
-    out += ["", "Configuration:", ""]
-    for d in data["servers"]:
-        if d["key"] not in data["measured"]:
-            continue
-        if d["mta"] == "postfix":
-            out.append(f"- {d['key']}: `postfix -c {d.get('config')}` on {d['target']} (phase smtp's main.cf)")
-        else:
-            out.append(f"- {d['key']}: `PYSENDMAIL_ROOT={d['env']['PYSENDMAIL_ROOT']} {' '.join(d['argv'])}`; "
-                       f"cf `{d['cf']}` + `{'; '.join(d.get('cf_lines') or [])}`; `{d.get('resolv_conf')}`")
+    out += config_lines(data, lambda d: " (phase smtp's main.cf)", lambda d: d.get("cf_lines") or [],
+                        lambda d: f"; `{d.get('resolv_conf')}`")
     out.append(f"- unsigned: `{' '.join(data.get('smtp_source') or [])}`; DNS server: "
                f"`{' '.join(dns.get('argv') or [])}`")
     return "\n".join(out) + "\n"
-
-
-class _Target:
-    rcpt = "bench@discard.test"
-
-    def target(self):
-        return f"{HOST}:PORT"
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["dns-server"]:

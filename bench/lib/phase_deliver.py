@@ -56,6 +56,7 @@ import time
 
 import mkmsg
 from mta_servers import LA_LIFT, HOST, SmtpSink, _stop_popen, port_free, wait_banner
+from phase_common import stop_all
 from postfix_private import PrivatePostfix
 from target import Instance
 
@@ -269,14 +270,8 @@ class PostfixDeliver:
                                              if "status=sent" not in ln)[-600:])
         return ok, dt, got, detail
 
-    def version(self):
-        try:
-            return self.pf.version()
-        except (OSError, subprocess.SubprocessError):
-            return "?"
-
     def describe(self):
-        return {"key": self.key, "label": self.label, "version": self.version(), "config": self.pf.etc,
+        return {"key": self.key, "label": self.label, "version": self.pf.known_version(), "config": self.pf.etc,
                 "smtpd": f"{HOST}:{self.port}", "main_cf_extra": self.pf.extra_main,
                 "master_cf_extra": self.pf.extra_master, "maildir": self.maildir(self.cfg["user"]),
                 "queue_how": f"one SMTP session to {HOST}:{self.port} (smtplib), N x MAIL/RCPT/DATA; "
@@ -536,11 +531,7 @@ def run(ctx):
                                if rec["ok"] else f"FAILED: {rec.get('error')}"))
             rounds += 1
     finally:
-        for srv in servers:
-            try:
-                srv.stop()
-            except Exception as e:
-                ctx.log(f"deliver: stopping {srv.key}: {e}")
+        stop_all(ctx, "deliver", servers)
         sink.stop()
     for case, cell in cells.items():
         ref = [x["rate"] for x in cell["servers"].get("postfix", {}).get("runs", [])]

@@ -44,38 +44,24 @@ processes it started (by their pids); the milters drop to nobody.
 """
 import json
 import os
-import statistics
 import subprocess
 import time
 
-import proctree
 from mta_servers import HOST, PostfixSmtpd, PysendmailDaemon, _stop_popen, listening, port_free
-from phase_smtp import _f, _med, one_run, source_argv, start_all
+from phase_common import (ArgvTarget, config_lines, cpu_s, delta, env_list, fmt, maillog_lines, median,
+                          median_rate, medians_text, messages_for, paired, postfix_version, rate_cell,
+                          rate_summary, run_rounds, run_settings, stop_all, timed_run, tree_cpu_s,
+                          trouble_lines, warmup_messages)
+from phase_smtp import one_run, source_argv, start_all
 
 SIZE = 4096
-CLK = os.sysconf("SC_CLK_TCK")
 STAGES = ("connect", "helo", "mail", "rcpt", "data", "header", "eoh", "body", "eom", "abort", "close")
 
 
-def _env_list(name, default):
-    return [int(x) for x in os.environ.get(name, default).split(",") if x.strip()]
-
-
 def settings():
-    return {
-        "counts": _env_list("BENCH_MILTER_COUNTS", "0,1,3"),
-        "sessions": _env_list("BENCH_MILTER_SESSIONS", "20,1"),
-        "size": SIZE,
-        "messages": int(os.environ.get("BENCH_MILTER_MESSAGES", 1000)),
-        "messages_serial": int(os.environ.get("BENCH_MILTER_MESSAGES_SERIAL", 400)),
-        "runs": int(os.environ.get("BENCH_MILTER_RUNS", 5)),
-        "max_seconds": float(os.environ.get("BENCH_MILTER_MAX_SECONDS", 600)),
-        "run_timeout": float(os.environ.get("BENCH_MILTER_RUN_TIMEOUT", 120)),
-        "drain_timeout": float(os.environ.get("BENCH_MILTER_DRAIN_TIMEOUT", 30)),
-        "milter_port": int(os.environ.get("BENCH_MILTER_PORT", 2641)),
-        "postfix_port": int(os.environ.get("BENCH_MILTER_POSTFIX_PORT", 2650)),
-        "pysendmail_port": int(os.environ.get("BENCH_MILTER_PYSENDMAIL_PORT", 2660)),
-    }
+    return {"counts": env_list("BENCH_MILTER_COUNTS", "0,1,3"), "sessions": env_list("BENCH_MILTER_SESSIONS", "20,1"),
+            "size": SIZE, "milter_port": int(os.environ.get("BENCH_MILTER_PORT", 2641)),
+            **run_settings("MILTER", messages_serial=400, postfix_port=2650, pysendmail_port=2660)}
 
 
 # -- the milters ------------------------------------------------------------------------------
@@ -123,7 +109,7 @@ class NoopMilters:
 
     def cpu_s(self):
         """CPU seconds (user+sys) used so far, per milter process."""
-        return [_cpu_s([p.pid]) for p in self.procs]
+        return [cpu_s([p.pid]) for p in self.procs]
 
     def stop(self):
         for p in self.procs:
@@ -133,24 +119,6 @@ class NoopMilters:
     def describe(self):
         return {"argv": [self.python, "-u", self.script, "PORT", "STATS"], "ports": self.ports,
                 "log": self.log_path}
-
-
-def _cpu_s(pids, children=False):
-    """utime+stime (+ the reaped children's, when asked) of the pids, in seconds."""
-    ticks = 0
-    for pid in pids:
-        try:
-            data = open(f"/proc/{pid}/stat", "rb").read()
-        except OSError:
-            continue
-        f = data[data.rfind(b")") + 2:].split()
-        ticks += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if children else 0)
-    return ticks / CLK
-
-
-def _tree_cpu_s(srv):
-    pid = srv.root_pid()
-    return _cpu_s(proctree.tree(pid), children=True) if pid else None
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -214,22 +182,15 @@ def build(ctx, cfg):
 
 
 # -- the runs ---------------------------------------------------------------------------------
-def timed_run(srv, milters, sess, m, cfg):
-    """One smtp-source run with its drain, CPU and callback deltas: a record."""
-    srv.drain(cfg["drain_timeout"])
-    c0, m0, s0 = milters.counters(), milters.cpu_s(), _tree_cpu_s(srv)
-    ok, dt, err = one_run(srv, sess, m, SIZE, cfg["run_timeout"])
-    left = srv.remaining()
-    dok, ds, _ = srv.drain(cfg["drain_timeout"])
-    s1, m1 = _tree_cpu_s(srv), milters.cpu_s()
-    c1 = milters.counters(not_before=time.time() + 0.3)
-    calls = [{s: b.get(s, 0) - a.get(s, 0) for s in STAGES} for a, b in zip(c0, c1)]
-    return {"ok": ok, "seconds": round(dt, 3), "rate": round(m / dt, 1) if ok else None, "error": err,
-            "left_at_end": left, "drain_s": round(ds, 3), "drained": dok,
-            "rate_incl_drain": round(m / (dt + ds), 1) if ok and dok else None,
-            "milter_cpu_s": [round(b - a, 3) for a, b in zip(m0, m1)],
-            "server_cpu_s": round(s1 - s0, 3) if s0 is not None and s1 is not None else None,
-            "callbacks": calls}
+def measure(srv, milters, sess, m, cfg):
+    """One smtp-source run with its drains, CPU and callback deltas: a record."""
+    rec, (c0, m0, s0), (s1, m1, c1) = timed_run(
+        srv, m, lambda: one_run(srv, sess, m, SIZE, cfg["run_timeout"]), cfg["drain_timeout"], incl_drain=True,
+        before=lambda: (milters.counters(), milters.cpu_s(), tree_cpu_s(srv)),
+        after=lambda: (tree_cpu_s(srv), milters.cpu_s(), milters.counters(not_before=time.time() + 0.3)))
+    rec.update(milter_cpu_s=[round(b - a, 3) for a, b in zip(m0, m1)], server_cpu_s=delta(s0, s1),
+               callbacks=[{s: b.get(s, 0) - a.get(s, 0) for s in STAGES} for a, b in zip(c0, c1)])
+    return rec
 
 
 def run(ctx):
@@ -242,44 +203,26 @@ def run(ctx):
         ctx.log(f"milter: {len(milters.ports)} no-op milters on ports {milters.ports}")
         kept, failed = start_all(ctx, servers)
         for sess in cfg["sessions"]:
-            m = cfg["messages"] if sess > 1 else cfg["messages_serial"]
-            m = max(m, sess)
+            m = messages_for(cfg, sess)
             cell = {"size": SIZE, "sessions": sess, "messages": m, "servers": {}}
             for srv in kept:
-                ok, dt, err = one_run(srv, sess, min(m, max(2 * sess, 100)), SIZE, cfg["run_timeout"])
+                ok, dt, err = one_run(srv, sess, warmup_messages(m, sess), SIZE, cfg["run_timeout"])
                 srv.drain(cfg["drain_timeout"])
                 cell["servers"][srv.key] = {"mta": srv.mta, "milters": srv.milters, "runs": [],
                                             "warmup": {"ok": ok, "seconds": round(dt, 3), "error": err}}
-            for r in range(cfg["runs"]):
-                if r and time.monotonic() - t_start > cfg["max_seconds"]:
-                    ctx.log(f"milter: over {cfg['max_seconds']:.0f} s: {sess} sessions stops after {r} rounds")
-                    break
-                for srv in kept:
-                    rec = timed_run(srv, milters, sess, m, cfg)
-                    cell["servers"][srv.key]["runs"].append(rec)
-                    if rec["error"]:
-                        ctx.log(f"milter: {srv.key} run failed: {rec['error']}")
+            run_rounds(ctx, "milter", cell, kept, cfg, t_start,
+                       lambda srv: measure(srv, milters, sess, m, cfg), what=f"{sess} sessions")
             cell["rounds"] = len(next(iter(cell["servers"].values()))["runs"]) if cell["servers"] else 0
             summarize(cell)
-            ctx.log(f"milter: {sess} sessions, M={m}: msgs/s median " + ", ".join(
-                f"{k} {v['median']}" for k, v in cell["servers"].items()))
+            ctx.log(f"milter: {sess} sessions, M={m}: msgs/s median {medians_text(cell)}")
             cells.append(cell)
     finally:
-        for srv in servers:
-            try:
-                srv.stop()
-            except Exception as e:
-                ctx.log(f"milter: stopping {srv.key}: {e}")
+        stop_all(ctx, "milter", servers)
         milters.stop()
     return {"phase": "milter", "seconds": round(time.monotonic() - t_start, 1), "settings": cfg,
             "milters": milters.describe(), "servers": [dict(s.describe(), mta=s.mta, milters=s.milters)
                                                        for s in servers],
             "measured": [s.key for s in kept], "failed": failed, "cells": cells}
-
-
-def _median(xs, nd=3):
-    xs = [x for x in xs if x is not None]
-    return round(statistics.median(xs), nd) if xs else None
 
 
 def summarize(cell):
@@ -288,26 +231,23 @@ def summarize(cell):
     srvs = cell["servers"]
     for key, rec in srvs.items():
         runs = rec["runs"]
-        rates = [x["rate"] for x in runs]
-        good = [x for x in rates if x]
-        rec.update(rates=rates, median=_med(rates), min=min(good) if good else None,
-                   max=max(good) if good else None, ok_runs=len(good),
-                   median_incl_drain=_med([x["rate_incl_drain"] for x in runs]))
+        rates = rate_summary(rec)
+        rec["median_incl_drain"] = median_rate([x["rate_incl_drain"] for x in runs])
         m, k = cell["messages"], rec["milters"]
-        rec["milter_cpu_ms_per_msg"] = _median([sum(x["milter_cpu_s"][:k]) * 1000 / m / k if k else None
-                                                for x in runs if x["ok"]])
-        rec["server_cpu_ms_per_msg"] = _median([x["server_cpu_s"] * 1000 / m if x["server_cpu_s"] is not None
-                                                else None for x in runs if x["ok"]])
+        rec["milter_cpu_ms_per_msg"] = median([sum(x["milter_cpu_s"][:k]) * 1000 / m / k if k else None
+                                               for x in runs if x["ok"]])
+        rec["server_cpu_ms_per_msg"] = median([x["server_cpu_s"] * 1000 / m if x["server_cpu_s"] is not None
+                                               else None for x in runs if x["ok"]])
         calls = [c for x in runs if x["ok"] for c in x["callbacks"][:k]]
-        rec["callbacks_per_msg"] = {s: _median([c[s] / m for c in calls], 2) for s in STAGES} if calls else None
+        rec["callbacks_per_msg"] = {s: median([c[s] / m for c in calls], 2) for s in STAGES} if calls else None
         ref = srvs.get(f"postfix+{k}")
-        rec["paired_vs_postfix"] = _median([a / b for a, b in zip(rates, ref["rates"] if ref else []) if a and b])
+        rec["paired_vs_postfix"] = paired(rates, ref["rates"] if ref else [])
         base = srvs.get(f"{rec['mta']}+0")
         if k and base:
             pairs = [(a, b) for a, b in zip(rates, base["rates"]) if a and b]
-            rec["vs_0"] = _median([a / b for a, b in pairs])
-            rec["added_ms_per_milter"] = _median([(1000 / a - 1000 / b) / k for a, b in pairs])
-            rec["drop_pct_per_milter"] = _median([(1 - (a / b) ** (1 / k)) * 100 for a, b in pairs], 1)
+            rec["vs_0"] = paired(rates, base["rates"])
+            rec["added_ms_per_milter"] = median([(1000 / a - 1000 / b) / k for a, b in pairs])
+            rec["drop_pct_per_milter"] = median([(1 - (a / b) ** (1 / k)) * 100 for a, b in pairs], 1)
             rec["server_cpu_ms_added_per_milter"] = (
                 round((rec["server_cpu_ms_per_msg"] - base["server_cpu_ms_per_msg"]) / k, 3)
                 if rec["server_cpu_ms_per_msg"] is not None and base.get("server_cpu_ms_per_msg") is not None
@@ -317,10 +257,10 @@ def summarize(cell):
 # -- the report -------------------------------------------------------------------------------
 def report(data):
     cfg = data["settings"]
-    counts, measured = cfg["counts"], data["measured"]
+    counts = cfg["counts"]
     for cell in data["cells"]:          # from the raw runs again: a re-render follows a formula change
         summarize(cell)
-    pfv = next((d.get("version") for d in data["servers"] if d["mta"] == "postfix"), "?")
+    pfv = postfix_version(data)
     out = ["## Milters: SMTP accept rate through 0, 1 and 3 no-op milters, pysendmail vs Postfix", "",
            f"`smtp-source` (one connection per message, 4 KB, -t bench@discard.test) against each server; "
            f"{cfg['runs']} rounds after one untimed warm-up, servers interleaved round by round, queues drained "
@@ -336,10 +276,8 @@ def report(data):
         for k in counts:
             pf, ps = cell["servers"].get(f"postfix+{k}"), cell["servers"].get(f"pysendmail+{k}")
             row = [str(cell["sessions"]), str(cell["messages"]), str(k)]
-            for rec in (pf, ps):
-                row.append(f"**{_f(rec['median'])}** [{_f(rec['min'])}-{_f(rec['max'])}] "
-                           f"{rec['ok_runs']}/{len(rec['runs'])}" if rec else "not measured")
-            row.append(f"{_f(ps['paired_vs_postfix'], '%.2f')}x" if ps else "-")
+            row += [rate_cell(pf), rate_cell(ps)]
+            row.append(f"{fmt(ps['paired_vs_postfix'], '%.2f')}x" if ps else "-")
             out.append("| " + " | ".join(row) + " |")
     out += ["", "Per-milter cost, each the median over rounds of a pairing with the same MTA's 0-milter run "
             "in the same round: `rate vs 0` = r_k/r_0; `added ms/msg/milter` = (1000/r_k - 1000/r_0)/k (at 1 "
@@ -357,10 +295,10 @@ def report(data):
                 if not rec:
                     continue
                 add = rec.get("server_cpu_ms_added_per_milter")
-                out.append(f"| {mta} | {cell['sessions']} | {k} | {_f(rec.get('vs_0'), '%.2f')}"
-                           f"{'x' if rec.get('vs_0') else ''} | {_f(rec.get('added_ms_per_milter'), '%.2f')} | "
-                           f"{_f(rec.get('drop_pct_per_milter'), '%.1f%%')} | "
-                           f"{_f(rec['milter_cpu_ms_per_msg'], '%.2f')} | {_f(rec['server_cpu_ms_per_msg'], '%.2f')}"
+                out.append(f"| {mta} | {cell['sessions']} | {k} | {fmt(rec.get('vs_0'), '%.2f')}"
+                           f"{'x' if rec.get('vs_0') else ''} | {fmt(rec.get('added_ms_per_milter'), '%.2f')} | "
+                           f"{fmt(rec.get('drop_pct_per_milter'), '%.1f%%')} | "
+                           f"{fmt(rec['milter_cpu_ms_per_msg'], '%.2f')} | {fmt(rec['server_cpu_ms_per_msg'], '%.2f')}"
                            + (f" ({add:+.2f})" if add is not None else "") + " |")
     out += ["", "Callbacks each milter answered per message in the timed runs (median over the runs and the "
             "milters; header = headers per message, body = body chunks):", ""]
@@ -372,48 +310,19 @@ def report(data):
             cb = rec.get("callbacks_per_msg")
             if not rec["milters"] or not cb:
                 continue
-            out.append(f"| {key} | {cell['sessions']} | " + " | ".join(_f(cb[s], "%.2f") for s in shown)
-                       + f" | {_f(cb['abort'], '%.2f')} |")
+            out.append(f"| {key} | {cell['sessions']} | " + " | ".join(fmt(cb[s], "%.2f") for s in shown)
+                       + f" | {fmt(cb['abort'], '%.2f')} |")
             if not cb["eom"] or cb["eom"] < 0.99:
-                odd.append(f"{key} at {cell['sessions']} sessions: {_f(cb['eom'], '%.2f')} end-of-message "
+                odd.append(f"{key} at {cell['sessions']} sessions: {fmt(cb['eom'], '%.2f')} end-of-message "
                            f"callbacks per message (the milters were not consulted for every message)")
     out.append("")
     for o in odd:
         out.append(f"- **check**: {o}")
-    for f in data["failed"]:
-        out.append(f"- **{f['key']} not measured**: {f['error']}")
-    errs = [(c, k, x["error"]) for c in data["cells"] for k, r in c["servers"].items() for x in r["runs"]
-            if x["error"]]
-    for c, k, e in errs[:10]:
-        out.append(f"- run failed: {k} at {c['sessions']} sessions: {e}")
-    for d in data["servers"]:
-        if d["mta"] != "pysendmail" or d["key"] not in measured:
-            continue
-        logs = d.get("maillog") or []
-        other = [ln for x in logs for ln in x["other"] if "daemon" not in ln]
-        kicks = d.get("queue_run_kicks") or []
-        out.append(f"- {d['key']}: maillog {sum(x['received'] for x in logs)} received, "
-                   f"{sum(x['discarded'] for x in logs)} discarded, {sum(x['other_lines'] for x in logs)} other lines"
-                   + (f", {len(kicks)} `sendmail -q` kicks" if kicks else "")
-                   + (": " + " / ".join(f"`{ln[-160:]}`" for ln in other[:4]) if other else ""))
-    out += ["", "Configuration:", ""]
-    for d in data["servers"]:
-        if d["key"] not in measured:
-            continue
-        if d["mta"] == "postfix":
-            extra = [ln for ln in (d.get("main_cf_extra") or "").splitlines() if ln and ln[0] != "#"]
-            out.append(f"- {d['key']}: `postfix -c {d.get('config')}` on {d['target']}; main.cf adds "
-                       f"`{'; '.join(extra)}`")
-        else:
-            out.append(f"- {d['key']}: `PYSENDMAIL_ROOT={d['env']['PYSENDMAIL_ROOT']} {' '.join(d['argv'])}`; "
-                       f"cf `{d['cf']}` + `{'; '.join(d.get('cf_milter_lines') or ['(no milter lines)'])}`")
-    out.append(f"- smtp-source: `{' '.join(source_argv(_Target(), 'S', 'M', SIZE))}`; milters: "
+    out += trouble_lines(data, lambda c: f"{c['sessions']} sessions")
+    out += maillog_lines(data, skip=("daemon",), count_other=True)
+    out += config_lines(data, lambda d: "; main.cf adds `" + "; ".join(
+        ln for ln in (d.get("main_cf_extra") or "").splitlines() if ln and ln[0] != "#") + "`",
+        lambda d: d.get("cf_milter_lines") or ["(no milter lines)"])
+    out.append(f"- smtp-source: `{' '.join(source_argv(ArgvTarget(), 'S', 'M', SIZE))}`; milters: "
                f"`{' '.join(data['milters']['argv'])}`")
     return "\n".join(out) + "\n"
-
-
-class _Target:
-    rcpt = "bench@discard.test"
-
-    def target(self):
-        return f"{HOST}:PORT"

@@ -39,6 +39,7 @@ import subprocess
 import time
 
 from mta_servers import PostfixSmtpd, PysendmailDaemon, SmtpSink
+from phase_common import ArgvTarget, env_list, fmt, median_rate, paired, stop_all
 
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SENDER = "a@localhost"
@@ -46,13 +47,9 @@ TARGETS = {(4096, 20): 1.5, (102400, 20): 1.0}
 ORDER = [(4096, 20), (102400, 20), (4096, 1), (4096, 100), (102400, 1), (102400, 100)]
 
 
-def _env_list(name, default):
-    return [int(x) for x in os.environ.get(name, default).split(",") if x.strip()]
-
-
 def settings():
-    sizes = _env_list("BENCH_SMTP_SIZES", "4096,102400")
-    sessions = _env_list("BENCH_SMTP_SESSIONS", "1,20,100")
+    sizes = env_list("BENCH_SMTP_SIZES", "4096,102400")
+    sessions = env_list("BENCH_SMTP_SESSIONS", "1,20,100")
     cells = [c for c in ORDER if c[0] in sizes and c[1] in sessions]
     cells += [(z, s) for z in sizes for s in sessions if (z, s) not in cells]
     return {
@@ -164,40 +161,25 @@ def run(ctx):
                         ctx.log(f"smtp: {srv.key} run failed: {err}")
                 done += 1
             cell["rounds"] = done
-            line = ", ".join(f"{k} {_med(v['rates'])}" for k, v in cell["servers"].items())
+            line = ", ".join(f"{k} {median_rate(v['rates'])}" for k, v in cell["servers"].items())
             ctx.log(f"smtp: {size} B x {sess} sessions, M={m}: msgs/s median {line}")
             cells.append(cell)
     finally:
-        for srv in servers:
-            try:
-                srv.stop()
-            except Exception as e:
-                ctx.log(f"smtp: stopping {srv.key}: {e}")
+        stop_all(ctx, "smtp", servers)
     for cell in cells:
         ref = cell["servers"].get("postfix", {}).get("rates")
         for key, rec in cell["servers"].items():
             good = [x for x in rec["rates"] if x]
-            rec.update(median=_med(rec["rates"]), min=min(good) if good else None, max=max(good) if good else None,
+            rec.update(median=median_rate(rec["rates"]), min=min(good) if good else None, max=max(good) if good else None,
                        ok_runs=len(good))
-            pairs = [x / y for x, y in zip(rec["rates"], ref or []) if x and y]
-            rec["paired_vs_postfix"] = round(statistics.median(pairs), 3) if pairs else None
-            rec["median_incl_drain"] = _med(rec["rates_incl_drain"])
+            rec["paired_vs_postfix"] = paired(rec["rates"], ref or [])
+            rec["median_incl_drain"] = median_rate(rec["rates_incl_drain"])
             ref_d = cell["servers"].get("postfix", {}).get("rates_incl_drain") or []
-            pairs = [x / y for x, y in zip(rec["rates_incl_drain"], ref_d) if x and y]
-            rec["paired_incl_drain"] = round(statistics.median(pairs), 3) if pairs else None
+            rec["paired_incl_drain"] = paired(rec["rates_incl_drain"], ref_d)
     return {"phase": "smtp", "seconds": round(time.monotonic() - t_start, 1), "settings": cfg,
             "sender": SENDER, "servers": [s.describe() for s in servers],
             "measured": [s.key for s in kept], "failed": failed, "cells": cells, "skipped_cells": skipped,
             "targets": {f"{z}/{s}": v for (z, s), v in TARGETS.items()}}
-
-
-def _med(xs):
-    good = [x for x in xs if x]
-    return round(statistics.median(good), 1) if good else None
-
-
-def _f(x, fmt="%.0f"):
-    return "-" if x is None else fmt % x
 
 
 def _size(z):
@@ -231,17 +213,17 @@ def report(data):
                 row.append("-")
                 continue
             n = len(rec["rates"])
-            txt = f"**{_f(rec['median'])}** [{_f(rec['min'])}-{_f(rec['max'])}]"
+            txt = f"**{fmt(rec['median'])}** [{fmt(rec['min'])}-{fmt(rec['max'])}]"
             if k != "postfix":
-                txt += f" ({_f(rec['paired_vs_postfix'], '%.2f')}x)"
+                txt += f" ({fmt(rec['paired_vs_postfix'], '%.2f')}x)"
             txt += f" {rec['ok_runs']}/{n}"
             left = [x for x in rec["left_at_end"] if x is not None]
             if left and statistics.median(left):
                 txt += f", left {statistics.median(left):.0f}"
             if k != "sink" and rec.get("median_incl_drain"):
-                txt += f"; incl. drain {_f(rec['median_incl_drain'])}"
+                txt += f"; incl. drain {fmt(rec['median_incl_drain'])}"
                 if k != "postfix":
-                    txt += f" ({_f(rec.get('paired_incl_drain'), '%.2f')}x)"
+                    txt += f" ({fmt(rec.get('paired_incl_drain'), '%.2f')}x)"
             if rec["drain_timeouts"]:
                 txt += f", {rec['drain_timeouts']} drain timeouts"
             row.append(txt)
@@ -282,20 +264,20 @@ def report(data):
             continue
         of_med = rec["median"] / pf["median"] if pf and pf["median"] and rec["median"] else None
         verdict = "PASS" if rec["paired_vs_postfix"] >= want and rec["ok_runs"] == len(rec["rates"]) else "FAIL"
-        out.append(f"- {_size(z)}, {s} sessions: pysendmail {_f(rec['median'])} vs Postfix {_f(pf['median'])} "
-                   f"msgs/s = {rec['paired_vs_postfix']:.2f}x ({_f(of_med, '%.2f')}x), target >= {want}x -> "
+        out.append(f"- {_size(z)}, {s} sessions: pysendmail {fmt(rec['median'])} vs Postfix {fmt(pf['median'])} "
+                   f"msgs/s = {rec['paired_vs_postfix']:.2f}x ({fmt(of_med, '%.2f')}x), target >= {want}x -> "
                    f"**{verdict}**" + ("" if rec["ok_runs"] == len(rec["rates"]) else " (failed runs)")
-                   + f"; including the drain {_f(rec.get('paired_incl_drain'), '%.2f')}x")
+                   + f"; including the drain {fmt(rec.get('paired_incl_drain'), '%.2f')}x")
     others = [(c["size"], c["sessions"], c["servers"]["pysendmail"]["paired_vs_postfix"]) for c in data["cells"]
               if c["size"] == 102400 and c["sessions"] != 20 and "pysendmail" in c["servers"]]
     if others:
         out.append("- 100 KB at the other session counts (>= 1.0x): " + ", ".join(
-            f"{s} sessions {_f(r, '%.2f')}x {'ok' if r and r >= 1.0 else 'below'}" for _, s, r in others))
+            f"{s} sessions {fmt(r, '%.2f')}x {'ok' if r and r >= 1.0 else 'below'}" for _, s, r in others))
     out += ["", "Commands (per cell, M and -s vary):", ""]
     for d in data["servers"]:
         if d["key"] not in data["measured"]:
             continue
-        cmd = " ".join(source_argv(_Fake(d), "S", "M", "SIZE"))
+        cmd = " ".join(source_argv(ArgvTarget(d["target"]), "S", "M", "SIZE"))
         how = {"postfix": f"private Postfix, `postfix -c {d.get('config')}`; master.cf adds "
                           f"`{(d.get('master_cf_extra') or '').strip()}`; main.cf adds "
                           f"`{'; '.join(ln for ln in (d.get('main_cf_extra') or '').splitlines() if ln[:1] != '#')}`",
@@ -306,12 +288,3 @@ def report(data):
                "sink": f"`{' '.join(d.get('argv') or [])}`"}.get(d["key"], "")
         out.append(f"- {d['key']}: `{cmd}`; {how}")
     return "\n".join(out) + "\n"
-
-
-class _Fake:
-    def __init__(self, d):
-        self.rcpt = "bench@discard.test"
-        self._t = d["target"]
-
-    def target(self):
-        return self._t

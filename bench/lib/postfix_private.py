@@ -146,3 +146,10 @@ smtp_dns_support_level = disabled
         r = subprocess.run(["/usr/sbin/postconf", "-c", self.etc, "-h", "mail_version"],
                            capture_output=True, text=True, timeout=10)
         return r.stdout.strip()
+
+    def known_version(self):
+        """version() for a report: "?" when postconf cannot run."""
+        try:
+            return self.version()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
