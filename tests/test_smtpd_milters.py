@@ -240,6 +240,27 @@ def test_stages_macros_and_queue_id(main_setup):
     assert "Received" not in {e["name"] for e in m.events("header")}
 
 
+def test_tls_macros_after_starttls(main_setup):
+    """Milter.macros.helo's defaults are the TLS macros: after STARTTLS the HELO stage
+    carries {tls_version} (the session's second HELO)."""
+    import ssl
+    inst, d, m = main_setup
+    m.clear()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", d.port, timeout=30) as s:
+        s.ehlo("tls.example.test")
+        s.starttls(context=context)
+        s.ehlo("tls.example.test")
+        s.sendmail("accept@example.test", [RCPT], MESSAGE)
+        version = s.sock.version()
+    helos = m.events("helo")
+    assert len(helos) == 2
+    assert "{tls_version}" not in helos[0]["macros"]
+    assert helos[1]["macros"]["{tls_version}"] == version
+
+
 def test_esmtp_arguments_reach_the_filter(main_setup):
     inst, d, m = main_setup
     m.clear()
