@@ -80,6 +80,17 @@ def run_session(chain, **kw):
     return run(go())
 
 
+def run_message(chain, body=BODY, **kw):
+    """session(), one end_of_message() with HEADERS and `body`, quit: (verdicts, EomResult)."""
+    async def go():
+        try:
+            verdicts = await session(chain, **kw)
+            return verdicts, await chain.end_of_message(HEADERS, body)
+        finally:
+            await chain.quit()
+    return run(go())
+
+
 def down_spec():
     return "inet:%d@127.0.0.1" % free_port()      # nothing listens there
 
@@ -95,13 +106,7 @@ def test_chain_of_three_each_sees_the_earlier_changes(milters):
         third={"eom": [["insheader", 0, "X-Third", "at top"],
                        ["replacebody", "third body\r\nlast line\r\n"]]})
     chain = make_chain([(n, ms[n].spec, "") for n in ("first", "second", "third")])
-
-    async def go():
-        verdicts = await session(chain)
-        res = await chain.end_of_message(HEADERS, BODY)
-        await chain.quit()
-        return verdicts, res
-    verdicts, res = run(go())
+    verdicts, res = run_message(chain)
     assert [v.action for v in verdicts] == [mch.CONTINUE] * 5
     assert res.verdict.action == mch.ACCEPT and res.verdict.proceeds, chain.log_lines
     msg = res.message
@@ -179,13 +184,7 @@ def test_body_from_a_file(milters, tmp_path):
     path = tmp_path / "df"
     path.write_bytes(b"from a file\n")
     chain = make_chain([("r", ms["r"].spec, "")])
-
-    async def go():
-        await session(chain)
-        res = await chain.end_of_message(HEADERS, str(path))
-        await chain.quit()
-        return res
-    res = run(go())
+    _, res = run_message(chain, body=str(path))
     assert ms["r"].events("eom")[0]["body"] == "from a file\r\n"
     assert res.message.body == b"from a file\n"
     assert res.message.header_values("X-Echo") == [" hello"]
@@ -228,13 +227,7 @@ def test_first_decider_wins_and_later_ones_are_not_asked(milters):
 def test_accept_takes_one_filter_out_for_the_message(milters):
     ms = milters(a={"mail": "accept"}, b={"eom": [["addheader", "X-B", "1"]]})
     chain = make_chain([("a", ms["a"].spec, ""), ("b", ms["b"].spec, "")])
-
-    async def go():
-        v = await session(chain)
-        res = await chain.end_of_message(HEADERS, BODY)
-        await chain.quit()
-        return v, res
-    v, res = run(go())
+    v, res = run_message(chain)
     assert v[2].action == mch.CONTINUE                     # b still filters this message
     assert ms["a"].events("rcpt", wait=0.3) == [] and ms["a"].events("eom", wait=0.3) == []
     assert len(ms["b"].events("eom")) == 1
@@ -250,13 +243,7 @@ def test_accept_by_all_and_eom_reject_stops_the_chain(milters):
     ms = milters(c={"eom": [["addheader", "X-C", "1"]]}, d={"eom_result": "reject"},
                  e={"eom": [["addheader", "X-E", "1"]]})
     chain = make_chain([(n, ms[n].spec, "") for n in "cde"])
-
-    async def go():
-        await session(chain)
-        res = await chain.end_of_message(HEADERS, BODY)
-        await chain.quit()
-        return res
-    res = run(go())
+    _, res = run_message(chain)
     assert (res.verdict.action, res.verdict.reply, res.verdict.milter) == (
         mch.REJECT, "554 5.7.1 Command rejected", "d")
     assert ms["e"].events("eom", wait=0.3) == []
@@ -313,13 +300,7 @@ def test_a_down_filter_with_f_flag(flags, action, reply):
 def test_a_down_filter_without_flags_is_left_out(milters):
     ms = milters(up={"eom": [["addheader", "X-Up", "1"]]})
     chain = make_chain([("down", down_spec(), ""), ("up", ms["up"].spec, "")])
-
-    async def go():
-        v = await session(chain)
-        res = await chain.end_of_message(HEADERS, BODY)
-        await chain.quit()
-        return v, res
-    v, res = run(go())
+    v, res = run_message(chain)
     assert [x.action for x in v] == [mch.CONTINUE] * 5
     assert res.verdict.action == mch.ACCEPT and res.message.header_values("X-Up") == [" 1"]
     assert len(chain.log_lines) == 1                       # logged once
@@ -332,13 +313,7 @@ def test_a_filter_that_dies_mid_session(tmp_path, milters, flags, action):
     ms = milters(after={"eom": [["addheader", "X-After", "1"]]})
     try:
         chain = make_chain([("die", die.spec, flags), ("after", ms["after"].spec, "")])
-
-        async def go():
-            v = await session(chain)
-            res = await chain.end_of_message(HEADERS, BODY)
-            await chain.quit()
-            return v, res
-        v, res = run(go())
+        v, res = run_message(chain)
     finally:
         stop(die)
     assert v[2].action == mch.CONTINUE
