@@ -102,7 +102,8 @@ def _check_balance(text, original):
         raise AddressError(original, "Unbalanced '('")
 
 
-def _strip_comments(text):
+def strip_comments(text):
+    """`text` without its RFC 5322 comments (quoted strings and escapes kept)."""
     out = []
     depth = 0
     quoted = False
@@ -157,8 +158,8 @@ def _route_addr(text):
         inner = text[lt + 1:gt].strip()
         if inner.startswith("@") and ":" in inner:   # source route: @a,@b:user@c
             inner = inner[inner.index(":") + 1:]
-        return _strip_comments(inner).strip()
-    return " ".join(_strip_comments(text).split())
+        return strip_comments(inner).strip()
+    return " ".join(strip_comments(text).split())
 
 
 def parse(text, *, allow_empty=False, status=EX_USAGE):

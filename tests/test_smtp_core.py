@@ -669,3 +669,17 @@ def test_enhanced_status_codes_can_be_turned_off():
     assert "250-ENHANCEDSTATUSCODES" not in got
     assert got[-3:] == ["250 <a@x>... Sender ok", "250 <b@y>... Recipient ok",
                         '501 Syntax error in parameters scanning ""']
+
+
+@pytest.mark.parametrize("text, code, enhanced, lines", [
+    ("550 5.7.1 Command rejected", 550, "5.7.1", ["Command rejected"]),
+    ("451-4.7.1 first\r\n451-4.7.1 second\r\n451 4.7.1 third", 451, "4.7.1",
+     ["first", "second", "third"]),
+    ("554 no enhanced code here", 554, None, ["no enhanced code here"]),
+    ("550-5.7.1 one\n550 other words", 550, "5.7.1", ["one", "other words"]),
+    ("421 9.9.9 not a status", 421, None, ["9.9.9 not a status"]),
+])
+def test_reply_parse(text, code, enhanced, lines):
+    r = R.parse(text)
+    assert (r.code, r.enhanced, r.lines) == (code, enhanced, lines)
+    assert R.is_status("5.1.10") and not R.is_status("5.1") and not R.is_status("6.0.0")

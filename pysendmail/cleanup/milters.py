@@ -34,10 +34,9 @@ def filter_submission(rules, options, ident, log, env, df, body_len, name):
         log.info(env.qid, "maildrop file %s: Milter: discarded" % name)
         return "drop"
     if outcome.action == submission.REJECT:
+        from ..proto.smtp_reply import parse
         reply = (outcome.reply or "554 5.7.1 Command rejected").replace("\r\n", " ")
-        parts = reply.split(" ", 2)
-        status = parts[1] if len(parts) > 2 and parts[1][:1] in "45" and "." in parts[1] \
-            else "5.7.1"
+        status = parse(reply).enhanced or "5.7.1"
         for r in env.recipients:
             if not r.final:
                 r.state, r.status, r.diag, r.mailer = FAILED, status, reply, "error"

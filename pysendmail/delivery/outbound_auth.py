@@ -18,7 +18,7 @@ used is logged and the mail goes unsigned, never held back.
 """
 import os
 
-from ..mailauth.results import _authserv_id
+from ..mailauth.results import authserv_id_of
 
 
 class OutboundAuth:
@@ -97,7 +97,7 @@ def _own_results(headers, hostname):
     lines = headers.split(b"\n")
     name, colon, value = lines[0].partition(b":")
     if not colon or name.strip().lower() != b"authentication-results" or \
-            _authserv_id(value.decode("utf-8", "replace")) != hostname.lower().rstrip("."):
+            authserv_id_of(value.decode("utf-8", "replace")) != hostname.lower().rstrip("."):
         return None
     field = lines[0]
     for line in lines[1:]:

@@ -11,26 +11,12 @@ Headers are in the queue's form: bytes b"Name: value" with LF inside folded valu
 NAME = b"authentication-results"
 
 
-def _authserv_id(value):
+def authserv_id_of(value):
     """The authserv-id of an Authentication-Results value (text after the colon): its
-    first token, comments and white space skipped; "" when there is none."""
-    text, depth, out = value.strip(), 0, []
-    for ch in text:
-        if depth:
-            depth += ch == "("
-            depth -= ch == ")"
-            continue
-        if ch == "(":
-            depth = 1
-            continue
-        if ch == ";":
-            break
-        if ch.isspace():
-            if out:
-                break
-            continue
-        out.append(ch)
-    return "".join(out).lower().rstrip(".")
+    first token, comments skipped; "" when there is none."""
+    from ..addr import strip_comments
+    head = strip_comments(value).split(";", 1)[0].split()
+    return head[0].lower().rstrip(".") if head else ""
 
 
 def strip_forged(headers, authserv_id):
@@ -41,7 +27,7 @@ def strip_forged(headers, authserv_id):
     for h in headers:
         name, colon, value = h.partition(b":")
         if colon and name.strip().lower() == NAME and \
-                _authserv_id(value.decode("utf-8", "replace")) == ours:
+                authserv_id_of(value.decode("utf-8", "replace")) == ours:
             removed.append(h)
         else:
             kept.append(h)
@@ -89,32 +75,7 @@ def build(authserv_id, spf=None, mailfrom=None, helo=None, helo_name=None, dkim=
         results.append(r)
     if not results:
         results.append(authres.NoneAuthenticationResult())
-    text = str(authres.AuthenticationResultsHeader(authserv_id=authserv_id, results=results))
-    return _fold(text).encode("utf-8", "surrogateescape")
-
-
-def _fold(text):
-    """One method per line: the "; " between results (never inside a comment or a
-    quoted string) becomes ";\\n\\t"."""
-    out, depth, quoted, i = [], 0, False, 0
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                out.append(text[i:i + 2])
-                i += 2
-                continue
-            quoted = ch != '"'
-        elif ch == '"':
-            quoted = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-        elif ch == ";" and not depth and text[i + 1:i + 2] == " ":
-            out.append(";\n\t")
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+    # one method per line (authres' own text for each)
+    text = "Authentication-Results: %s;\n\t%s" % (authserv_id,
+                                                   ";\n\t".join(str(r) for r in results))
+    return text.encode("utf-8", "surrogateescape")

@@ -93,6 +93,27 @@ class Reply:
         return "Reply(%d, %r, %r)" % (self.code, self.enhanced, self.text)
 
 
+def is_status(text):
+    """An RFC 3463 enhanced status code ("5.7.1"): class 2, 4 or 5, then two numbers."""
+    parts = (text or "").split(".")
+    return (len(parts) == 3 and parts[0] in ("2", "4", "5")
+            and all(p.isdigit() and 0 < len(p) <= 3 for p in parts))
+
+
+def parse(text):
+    """A reply written as text ("550 5.7.1 No", lines joined by CRLF or LF) as a Reply:
+    the first line's code, and its enhanced code, taken off every line that repeats it."""
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
+    enhanced, texts = None, []
+    for i, line in enumerate(lines):
+        rest = line[4:]
+        word, _, tail = rest.partition(" ")
+        if i == 0 and is_status(word):
+            enhanced = word
+        texts.append(tail if enhanced is not None and word == enhanced else rest)
+    return Reply(int(lines[0][:3]), enhanced, texts if len(texts) > 1 else texts[0])
+
+
 def show(text, limit=203):
     """A client-supplied string as Sendmail echoes it (shortenstring, MAXSHORTSTR):
     control characters made visible, long strings cut in the middle."""

@@ -7,7 +7,7 @@ domain forms; values OK, RELAY, REJECT, DISCARD, SKIP and ERROR:[x.y.z:]NNN text
 turned into SMTP replies (`Access.meaning`, `error_reply`, `reply_of_text`).
 Pure functions and one small class: no I/O.
 """
-from ..proto.smtp_reply import Reply
+from ..proto.smtp_reply import Reply, is_status
 
 
 _ADDR_MACROS = {}      # addr_macro's answers (a daemon sees few distinct clients at once)
@@ -112,21 +112,15 @@ def user_keys(local, domain, tag_full=True):
     return keys
 
 
-def _is_status(text):
-    parts = (text or "").split(".")
-    return (len(parts) == 3 and parts[0] in ("2", "4", "5")
-            and all(p.isdigit() and 0 < len(p) <= 3 for p in parts))
-
-
 def error_reply(status, text, prefix=""):
     """buildaddr()'s error mailer: *text* "NNN [x.y.z] words" (quotes dropped) or plain
     words (then 553 and 5.3.0); *status* the $@ part when it is a DSN status."""
     text = (text or "").replace('"', "").strip()
-    status = status if _is_status(status) else ""
+    status = status if is_status(status) else ""
     if len(text) > 4 and text[:3].isdigit() and text[0] in "2345" and text[3] == " ":
         code, rest = int(text[:3]), text[4:].strip()
         word, _, after = rest.partition(" ")
-        if _is_status(word):
+        if is_status(word):
             status, rest = word, after
         elif not status:
             status = text[0] + ".0.0"
@@ -142,7 +136,7 @@ def reply_of_text(reply_text, prefix):
     """A Parsed.reply ("550 5.1.1 User unknown") as a Reply with the "<addr>... " prefix."""
     code, _, rest = reply_text.partition(" ")
     status, _, words = rest.partition(" ")
-    if not _is_status(status):
+    if not is_status(status):
         status, words = "", rest
     return error_reply(status, "%s %s" % (code, words) if code.isdigit() else reply_text,
                        prefix)
@@ -167,7 +161,7 @@ class Access:
         if up.startswith("ERROR:"):
             rest = v[6:]
             head, sep, tail = rest.partition(":")
-            if sep and _is_status(head):
+            if sep and is_status(head):
                 return "error", error_reply(head, tail, prefix)
             return "error", error_reply("", rest, prefix)
         if strict and v:

@@ -39,7 +39,7 @@ from ..milter.chain import (ACCEPT, CONTINUE, DISCARD, REJECT, SHUTDOWN, TEMPFAI
                             Message, MilterChain)
 from ..milter.apply import apply_to_envelope, header_pair
 from ..proto import milter_codec as mc
-from ..proto.smtp_reply import Reply
+from ..proto import smtp_reply
 
 __all__ = ["SessionMilters", "reply_of", "ACCEPT", "CONTINUE", "DISCARD", "REJECT",
            "SHUTDOWN", "TEMPFAIL"]
@@ -49,21 +49,7 @@ def reply_of(text):
     """A filter's or the chain's reply text ("550 5.7.1 No", several lines joined by CRLF)
     as a Reply; its enhanced code is the first line's (when every line has one).  A "%%"
     is one "%" (libmilter's smfi_setreply text is a format, as Sendmail prints it)."""
-    lines = [line.replace("%%", "%") for line in text.replace("\r\n", "\n").split("\n")
-             if line]
-    code = int(lines[0][:3])
-    enhanced, texts = None, []
-    for i, line in enumerate(lines):
-        rest = line[4:]
-        word, _, tail = rest.partition(" ")
-        parts = word.split(".")
-        if len(parts) == 3 and all(p.isdigit() for p in parts) and word[:1] in "245":
-            if i == 0:
-                enhanced = word
-            if enhanced == word:
-                rest = tail
-        texts.append(rest)
-    return Reply(code, enhanced, texts if len(texts) > 1 else texts[0])
+    return smtp_reply.parse(text.replace("%%", "%"))
 
 
 def _args(addr_raw, params):

@@ -179,7 +179,10 @@ class Submission:
     # ------------------------------------------------------------------------------------
     def _filtered(self):
         """Submissions go to the milters (O Milter.submission): then always by the maildrop,
-        whose pickup runs them (milter.submission), trusted caller or not."""
+        whose pickup runs them (milter.submission), trusted caller or not.  Without
+        InputMailFilters (the usual case) nothing more is imported: cron and PHP pay it."""
+        if not self.options.get("InputMailFilters"):
+            return False
         from ..milter.submission import enabled
         return enabled(self.options)
 
