@@ -41,39 +41,44 @@ class OutboundAuth:
     def __bool__(self):
         return bool(self.keytable)
 
-    def apply(self, headers, body, qid=None):
+    def apply(self, headers, read_body, qid=None):
         """headers: the header block as sent (LF line ends, each field ending in LF);
-        body: the body bytes (LF).  Returns the header block with DKIM-Signature and ARC
-        fields on top, as this message and the key table call for."""
-        from ..mailauth import dkim_sign
-        message = _crlf(headers + b"\n" + body)
+        read_body(): the body bytes (LF), read only when there is something to sign or
+        seal.  Returns the header block with DKIM-Signature and ARC fields on top, as this
+        message and the key table call for."""
+        import dkim
+        from ..mailauth import arc, dkim_sign
+        head = _crlf(headers)
         try:
-            signature = dkim_sign.sign(message, self.keytable, linesep=b"\r\n")
-        except dkim_sign.SignError as e:
-            self.log.warning(qid, "DKIM signing failed: %s" % e)
-            signature = None
-        if signature:
-            headers = signature.replace(b"\r\n", b"\n") + headers
-            message = signature + message
-        sealed = self._seal(message, headers, qid)
-        if sealed:
-            headers = b"".join(h + b"\n" for h in sealed) + headers
-        return headers
-
-    def _seal(self, message, headers, qid):
+            domain = dkim_sign.from_domain_of(dkim.rfc822_parse(head + b"\r\n")[0])
+        except dkim.MessageFormatError:
+            domain = None
+        keys = domain is not None and self.keytable.keys_for(domain)
         ours = _own_results(headers, self.hostname)
-        if ours is None:
-            return None
-        key = self._arc_key()
-        if key is None:
-            return None
-        from ..mailauth import arc
-        domain, selector, pem = key
-        try:
-            return arc.seal(message, selector, domain, pem, self.hostname, ours)
-        except arc.ArcSealError as e:
-            self.log.warning(qid, "ARC sealing failed: %s" % e)
-            return None
+        arc_key = self._arc_key() if ours is not None else None
+        if not keys and arc_key is None:
+            return headers                  # most mail: the body is not even read
+        message = head + b"\r\n" + _crlf(read_body())
+        if keys:
+            try:
+                signature = dkim_sign.sign(message, self.keytable, from_domain=domain,
+                                           linesep=b"\r\n")
+            except dkim_sign.SignError as e:
+                self.log.warning(qid, "DKIM signing failed: %s" % e)
+                signature = None
+            if signature:
+                headers = signature.replace(b"\r\n", b"\n") + headers
+                message = signature + message
+        if arc_key is not None:
+            domain, selector, pem = arc_key
+            try:
+                sealed = arc.seal(message, selector, domain, pem, self.hostname, ours)
+            except arc.ArcSealError as e:
+                self.log.warning(qid, "ARC sealing failed: %s" % e)
+                sealed = None
+            if sealed:
+                headers = b"".join(h + b"\n" for h in sealed) + headers
+        return headers
 
     def _arc_key(self):
         names = [self.hostname]

@@ -172,7 +172,8 @@ class Connection:
                 body_8bit = False
             signer = None if self.route.lmtp else agent.outbound_auth()
             if signer is not None:
-                headers = signer.apply(headers, _body_bytes(body_tmp, source), env.qid)
+                headers = signer.apply(headers, lambda: _body_bytes(body_tmp, source),
+                                       env.qid)
             rcpts = []
             for i in indices:
                 r = env.recipients[i]
