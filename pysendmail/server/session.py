@@ -418,7 +418,7 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
                 outcome, inc, env, facts, event), event)
         return self._filter_or_commit(inc, env, facts, event)
 
-    def _commit(self, inc, env, facts):
+    def _commit(self, inc, env, facts, event):
         """The tf file written, then the group commit; the reply waits for it."""
         w = self.w
         try:
@@ -431,10 +431,10 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
         fut = w.committer.submit(inc.qid, fd, tf, held=bool(env.hold_reason))
         self.waiting = True
         self.transport.pause_reading()
-        fut.add_done_callback(lambda f: self._committed(f, env, facts))
+        fut.add_done_callback(lambda f: self._committed(f, env, facts, event))
         return None
 
-    def _committed(self, fut, env, facts):
+    def _committed(self, fut, env, facts, event):
         w = self.w
         exc = fut.exception()
         if exc is None:
@@ -443,14 +443,20 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
         else:
             w.log.err(env.qid, "SYSERR(%s): queueup: cannot commit: %s" % (w.user, exc))
             reply = Reply(451, "4.3.0", "Error committing the message; please try again later")
-        if self.conn is None or self.transport is None or self.transport.is_closing():
+        self._reply_late(event, reply)
+
+    def _reply_late(self, event, reply):
+        """Send the answer to `event` that waited (the commit, a check, a milter, a
+        password hash), then read on; nothing when the client has gone meanwhile."""
+        conn = self.conn
+        if conn is None or self.transport is None or self.transport.is_closing():
             return
-        out = self.conn.send(reply)
-        self._reset()
-        if self.closing:
+        out = conn.send(reply)
+        self._after(event, reply)
+        if self.closing and conn.phase != CLOSED and not conn.in_transaction:
             out += self._shutdown_reply()
         self.transport.write(out)
-        if self.conn.phase == CLOSED:
+        if conn.phase == CLOSED:
             self.transport.close()
             return
         self._resume()

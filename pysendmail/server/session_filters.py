@@ -17,7 +17,6 @@ import time
 from ..proto import smtp_events as ev
 from ..proto import smtp_reply as R
 from ..proto.smtp_reply import Reply
-from ..proto.smtp_server import CLOSED
 
 
 class FilterAnswers:
@@ -44,18 +43,8 @@ class FilterAnswers:
             if self.incoming is not None and type(event) is ev.MessageComplete:
                 self.incoming.abandon()
                 self.incoming = None
-        if reply is None:
-            return
-        conn = self.conn
-        out = conn.send(reply)
-        self._after(event, reply)
-        if self.closing and conn.phase != CLOSED and not conn.in_transaction:
-            out += self._shutdown_reply()
-        self.transport.write(out)
-        if conn.phase == CLOSED:
-            self.transport.close()
-            return
-        self._resume()
+        if reply is not None:
+            self._reply_late(event, reply)
 
     def _milter_refusal(self, verdict):
         """None when the command goes on (a DISCARD marks the message); else the Reply."""
@@ -84,7 +73,7 @@ class FilterAnswers:
         self.deadline = time.monotonic() + self.w.timeout_datablock
         return R.start_data()
 
-    def _milter_eom(self, result, inc, env, facts):
+    def _milter_eom(self, result, inc, env, facts, event):
         from .milters import DISCARD, reply_of
         verdict = result.verdict
         if self.incoming is not inc or inc.fd is None:
@@ -94,7 +83,7 @@ class FilterAnswers:
             if env.recipients:
                 if env.hold_reason:
                     self.w.log.info(inc.qid, "quarantine=%s" % env.hold_reason)
-                return self._commit(inc, env, facts)
+                return self._commit(inc, env, facts, event)
             self.w.log.info(inc.qid, "Milter: all recipients removed: discarded")
         elif verdict.action == DISCARD:
             self.w.log.info(inc.qid, "Milter: discarded")
@@ -138,8 +127,9 @@ class FilterAnswers:
     def _filter_or_commit(self, inc, env, facts, event):
         if self.milter is not None:
             return self._later(self.milter.end_of_message(inc, env),
-                               lambda result: self._milter_eom(result, inc, env, facts), event)
-        return self._commit(inc, env, facts)
+                               lambda result: self._milter_eom(result, inc, env, facts, event),
+                               event)
+        return self._commit(inc, env, facts, event)
 
 
 def _check(inbound, args):

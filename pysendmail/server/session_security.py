@@ -89,7 +89,7 @@ class SecurityExchanges:
             self.transport.pause_reading()
             job = asyncio.get_running_loop().run_in_executor(
                 w.auth_executor, auth.check, step.authcid, step.password)
-            job.add_done_callback(lambda f: self._auth_checked(f, sasl, step.authcid))
+            job.add_done_callback(lambda f: self._auth_checked(f, sasl, step.authcid, event))
             return None
         auth.throttle.failed(addr)
         w.log.warning(self.log_id, auth.failure_line(mech, getattr(step, "user", None) or "",
@@ -98,7 +98,7 @@ class SecurityExchanges:
                                               detail=getattr(step, "detail", None)))
         return step.reply
 
-    def _auth_checked(self, job, sasl, user):
+    def _auth_checked(self, job, sasl, user, event):
         w = self.w
         auth = w.auth
         addr = self.client.addr
@@ -119,8 +119,5 @@ class SecurityExchanges:
                 auth.throttle.failed(addr)
                 w.log.warning(self.log_id, auth.failure_line(mech, user, self.client.name, addr))
             reply = sasl.finish(ok)
-        if self.conn is None or self.transport is None or self.transport.is_closing():
-            return
-        self.transport.write(self.conn.send(reply))
-        self._resume()
+        self._reply_late(event, reply)
 
