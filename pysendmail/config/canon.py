@@ -101,6 +101,18 @@ def _resolv_options(path):
     return timeout, attempts
 
 
+def system_resolver(resolv_confs, module=None):
+    """A dnspython resolver (module: dns.resolver, or dns.asyncresolver) from the first of
+    `resolv_confs` that exists (none: no name server at all, never the machine's), and
+    that file's (timeout, attempts): (resolver, timeout, attempts)."""
+    if module is None:
+        import dns.resolver as module
+    conf = next((p for p in resolv_confs if os.path.exists(p)), None)
+    r = module.Resolver(filename=conf) if conf else module.Resolver(configure=False)
+    timeout, attempts = _resolv_options(conf)
+    return r, timeout, attempts
+
+
 class Dns:
     """The `dns` service (see the module docstring)."""
 
@@ -119,13 +131,9 @@ class Dns:
 
     def resolver(self):
         if self._resolver is None:
-            import dns.resolver
-            conf = next((p for p in self.resolv_confs if os.path.exists(p)), None)
-            r = dns.resolver.Resolver(filename=conf) if conf else \
-                dns.resolver.Resolver(configure=False)
             # Unset, the resolver's own settings apply, as for Sendmail (res_init):
             # resolv.conf's "options timeout:N attempts:N", else 5 s and 2 tries.
-            conf_timeout, conf_attempts = _resolv_options(conf)
+            r, conf_timeout, conf_attempts = system_resolver(self.resolv_confs)
             retrans = _seconds(self.options.get("Timeout.resolver.retrans"), conf_timeout)
             retry = _seconds(self.options.get("Timeout.resolver.retry"), conf_attempts) or 1
             r.timeout = retrans

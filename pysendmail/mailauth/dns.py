@@ -17,7 +17,6 @@ timeout, no server) raises `DnsTempError` and is never cached, so the check can 
 A name that does not exist (NXDOMAIN) and a name without records of the type (NODATA)
 both answer []: callers that must tell them apart use `exists(name)`.
 """
-import os
 import threading
 import time
 
@@ -31,22 +30,17 @@ class DnsTempError(Exception):
 class Lookup:
     def __init__(self, resolv_confs=(), nameservers=None, port=53, timeout=DEFAULT_TIMEOUT,
                  cache_size=2048, max_ttl=300):
-        import dns.resolver
-        conf = next((p for p in resolv_confs if os.path.exists(p)), None)
         if nameservers:
+            import dns.resolver
             r = dns.resolver.Resolver(configure=False)
             r.nameservers = list(nameservers)
             r.timeout, r.lifetime = min(timeout, 2.0), timeout
-        elif conf:
+        else:
             # resolv.conf's "options timeout:N attempts:N" as the C resolver reads them,
             # within `timeout` for the whole question
-            from ..config.canon import _resolv_options
-            r = dns.resolver.Resolver(filename=conf)
-            each, attempts = _resolv_options(conf)
+            from ..config.canon import system_resolver
+            r, each, attempts = system_resolver(resolv_confs)
             r.timeout, r.lifetime = min(each, timeout), min(each * attempts, timeout)
-        else:
-            r = dns.resolver.Resolver(configure=False)
-            r.timeout, r.lifetime = min(timeout, 2.0), timeout
         r.port = port
         r.cache = None
         self.resolver = r

@@ -80,9 +80,8 @@ class ClientNames:
     def resolver(self):
         if self._resolver is None:
             import dns.asyncresolver
-            conf = next((p for p in self.resolv_confs if os.path.exists(p)), None)
-            r = dns.asyncresolver.Resolver(filename=conf) if conf else \
-                dns.asyncresolver.Resolver(configure=False)
+            from ..config.canon import system_resolver
+            r = system_resolver(self.resolv_confs, dns.asyncresolver)[0]
             r.timeout = 2.0
             r.lifetime = LOOKUP_TIMEOUT
             self._resolver = r
