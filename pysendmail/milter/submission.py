@@ -24,13 +24,12 @@ queue run returns it to the sender as a DSN, as the MSP would) or TEMPFAIL.
 # submission path, which must not pay for asyncio).
 ACCEPT, CONTINUE, REJECT, TEMPFAIL, DISCARD = "accept", "continue", "reject", "tempfail", "discard"
 
-TRUE = ("true", "t", "yes", "y", "1", "on")
-
 
 def enabled(options):
     """Cheap test on the options alone (the submission path must not load the cf)."""
+    from ..config.options import truthy         # already loaded on that path
     return bool((options.get("InputMailFilters") or "").strip()) and \
-        (options.get("Milter.submission") or "").strip().lower() in TRUE
+        truthy(options.get("Milter.submission") or "")
 
 
 class Outcome:
