@@ -19,7 +19,8 @@ import time
 import pytest
 
 from pysendmail.model import Envelope, Recipient
-from pysendmail.queue import qfile
+from pysendmail.queue import pool as poolmod, qfile
+from pysendmail.queue.pool import cut_to
 from pysendmail.queue.spool import QUEUE_ID_CHARS, Spool, make_qid
 
 HOSTILE = [
@@ -444,7 +445,7 @@ def test_recycled_file_keeps_its_bytes_and_the_taker_cuts_it(tmp_path):
     try:
         assert os.fstat(fd).st_size == len(old)        # blocks kept for reuse
         os.write(fd, b"new body\n")
-        spool.cut_to(fd, len(b"new body\n"))
+        cut_to(fd, len(b"new body\n"))
     finally:
         os.close(fd)
     with open(spool.df(qid), "rb") as f:
@@ -457,6 +458,48 @@ def test_recycled_file_keeps_its_bytes_and_the_taker_cuts_it(tmp_path):
     spool.remove(qid, 1)
     sizes = sorted(os.path.getsize(os.path.join(spool.pool, n)) for n in os.listdir(spool.pool))
     assert len(sizes) == 2 and len(b"new body\n") in sizes and all(s > 0 for s in sizes)
+
+
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_pool_file_never_replaces_an_existing_file(tmp_path, monkeypatch, renameat2):
+    """take() with check: a name that exists is left alone (RENAME_NOREPLACE, or a check
+    and a rename where libc has no renameat2), and the pool file stays in the pool."""
+    if not renameat2:
+        monkeypatch.setattr(poolmod, "_noreplace", False)
+    spool = Spool(str(tmp_path / "queue"), use_pool=True)
+    os.makedirs(spool.path, 0o700)
+    _pool_file(spool, "1.1.1", b"old\n")
+    with open(spool.df("TAKEN"), "wb") as f:
+        f.write(b"a message being written\n")
+    assert spool.files.take(spool.df("TAKEN")) is None
+    with open(spool.df("TAKEN"), "rb") as f:
+        assert f.read() == b"a message being written\n"
+    assert os.listdir(spool.pool) == ["1.1.1"]
+    spool.files.forget()
+    fd = spool.files.take(spool.df("FREE"))
+    assert fd is not None and os.fstat(fd).st_size == 0    # emptied (no keep)
+    os.close(fd)
+    assert os.listdir(spool.pool) == []
+    with pytest.raises(FileExistsError):
+        poolmod.rename_noreplace(spool.df("FREE"), spool.df("TAKEN"))
+    with pytest.raises(FileNotFoundError):
+        poolmod.rename_noreplace(spool.df("GONE"), spool.df("NEW"))
+
+
+def test_pool_takers_walk_the_pool_in_orders_of_their_own(tmp_path, monkeypatch):
+    """Two SMTP workers (forked from one process: the same str hashes) take from the
+    pool in different orders, so they seldom reach for the same file."""
+    spool = Spool(str(tmp_path / "queue"), use_pool=True)
+    os.makedirs(spool.path, 0o700)
+    for i in range(64):
+        _pool_file(spool, "1.1.%d" % i, b"")
+    orders = []
+    for pid in (4242, 4243):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        files = poolmod.FilePool(spool.path)
+        orders.append([files._next_name() for _ in range(8)])
+    assert orders[0] != orders[1]
+    assert len(set(orders[0]) & set(orders[1])) < 8
 
 
 def test_maildir_file_from_the_pool_never_shows_old_bytes(tmp_path):
@@ -490,8 +533,7 @@ def test_maildir_file_from_the_pool_never_shows_old_bytes(tmp_path):
     assert os.listdir(spool.pool) == []                # the pool file became the message
     # a tmp/ owned by someone else: no placement (a new file), the pool file stays put
     _pool_file(spool, "2.2.2", old)
-    spool._pool_names = []
-    spool._pool_listed = 0.0
+    spool.files.forget()
     other = local._PoolPlacer(spool, os.getuid() + 1, os.getgid())
     assert other.place(("nothing", "nothing"), os.path.join(md, "tmp"), "x") is False
     status, item = maildir.prepare(md, Source(), "QID2", 0, created=1, retry=False,

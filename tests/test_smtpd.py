@@ -101,6 +101,39 @@ def test_pipelined_transaction_replies_in_order(daemon, sm_root):
     assert len(queued(sm_root)) == 1
 
 
+def test_commands_pipelined_past_the_end_of_data_wait_for_the_commit(daemon, sm_root):
+    """What a client sends after the final dot, before its 250 (the commit waits for
+    the disk): a second transaction and more than the 64 KiB kept meanwhile (reading
+    stops, then goes on) is all answered, in order, after the first 250."""
+    import threading
+    d = daemon()
+    noops = 20000                       # 120 000 octets of NOOP
+    with socket.create_connection(("127.0.0.1", d.port), timeout=30) as c:
+        f = c.makefile("rb")
+        assert f.readline().startswith(b"220")
+        c.sendall(b"EHLO x\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(
+            f.readline() for _ in range(8 + noops + 1)))
+        reader.start()
+        c.sendall(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+        time.sleep(0.2)
+        c.sendall(b"Subject: one\r\n\r\nfirst\r\n.\r\n"
+                  b"MAIL FROM:<b@example.org>\r\nRCPT TO:<root@localhost>\r\nDATA\r\n")
+        time.sleep(0.2)
+        c.sendall(b"Subject: two\r\n\r\nsecond\r\n.\r\n" + b"NOOP\r\n" * noops
+                  + b"QUIT\r\n")
+        reader.join(30)
+    assert [line[:3] for line in got[:8]] == [b"250", b"250", b"354", b"250", b"250",
+                                              b"250", b"354", b"250"], got[:8]
+    assert got[3].startswith(b"250 2.0.0 ") and got[7].startswith(b"250 2.0.0 "), got[:8]
+    assert all(line.startswith(b"250 2.0.0 OK") for line in got[8:8 + noops]), got[8:12]
+    assert got[-1].startswith(b"221 2.0.0"), got[-1]
+    assert sorted(read_df(sm_root, q) for q in queued(sm_root)) == [b"first\n", b"second\n"]
+
+
 def test_message_size_limit(daemon, sm_root):
     d = daemon(["-O", "MaxMessageSize=2000"])
     with smtplib.SMTP("127.0.0.1", d.port) as s:

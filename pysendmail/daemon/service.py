@@ -156,6 +156,7 @@ class Service:
                 self.runner_pipe = w
             return
         status = 0
+        profiler = None
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -166,9 +167,14 @@ class Service:
             # One process unless MaxRunnersPerQueue says more: the service's runs share
             # the CPUs with the SMTP workers, whose accepting comes first.
             runners = None if self.options.get("MaxRunnersPerQueue") else 1
+            profile_dir = os.environ.get("PYSENDMAIL_PROFILE_DIR")    # bench/: where time goes
+            if profile_dir:
+                import cProfile
+                profiler = cProfile.Profile()
+                profiler.enable()
+            qrun = QueueRun(self.layout, self.options, self.ident, self.log)
             while True:
-                QueueRun(self.layout, self.options, self.ident, self.log).run(
-                    force=False, runners=runners)
+                qrun.run(force=False, runners=runners)
                 if r is None:
                     break
                 ready, _, _ = select.select([r], [], [], RUNNER_LINGER)
@@ -177,6 +183,10 @@ class Service:
         except BaseException as e:
             self.log.err(None, "queue run failed: %r" % (e,))
             status = 1
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.path.join(os.environ["PYSENDMAIL_PROFILE_DIR"],
+                                             "runner-%d.prof" % os.getpid()))
         os._exit(status)
 
     def _release_runner(self):
@@ -261,6 +271,7 @@ class Service:
             conn.close()
             return
         status = 0
+        profiler = None
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):

@@ -280,7 +280,7 @@ def _repair_root_file(path, uid, gid):
 
 
 class _PoolPlacer:
-    """maildir.prepare's placer: recycled queue files (spool.claim) for a recipient's
+    """maildir.prepare's placer: recycled queue files (spool.files.claim) for a recipient's
     Maildir. Claimed and written in the root-only pool, then moved into the
     recipient's tmp/ directory, opened as the recipient (their view of the path, no
     symlink at its end) and required to be theirs; only the pool work is done as root,
@@ -291,7 +291,7 @@ class _PoolPlacer:
 
     def claim(self):
         with as_root():
-            return self.spool.claim(self.uid, self.gid)
+            return self.spool.files.claim(self.uid, self.gid)
 
     def place(self, token, tmp_dir, name):
         try:
@@ -303,13 +303,13 @@ class _PoolPlacer:
             if os.fstat(dir_fd).st_uid != self.uid:
                 return False
             with as_root():
-                return self.spool.place(token, dir_fd, name)
+                return self.spool.files.place(token, dir_fd, name)
         finally:
             os.close(dir_fd)
 
     def release(self, token):
         with as_root():
-            self.spool.unclaim(token)
+            self.spool.files.unclaim(token)
 
 
 def _deliver_mailbox(env, index, rcpt, spool, layout, options, source, batch=None):

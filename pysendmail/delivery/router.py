@@ -66,6 +66,16 @@ class RouteContext:
                 self._rules = load_rules(self.layout, self.options, self.hostname)
         return self._rules
 
+    def refresh(self):
+        """For a context kept over several queue passes: take a changed cf or class
+        file (and forget the routes it gave), drop the messages logged so far."""
+        self.messages.clear()
+        if self._rules is not None and not self._local_names:
+            rules = load_rules(self.layout, self.options, self.hostname)
+            if rules is not self._rules:
+                self._rules = rules
+                self._routes.clear()
+
     def route(self, address, sender=False):
         """The Parsed triple of one address (rulesets 3 and 0; `sender`: as an envelope
         sender), memoised: a long-running process (the SMTP daemon's policy, a queue

@@ -178,6 +178,11 @@ class SMTPServerConnection:
         self.reader = MessageReader(self.config.max_size, self.config.max_text_line)
 
     @property
+    def pending_input(self):
+        """Octets received and not yet turned into events."""
+        return len(self._buf)
+
+    @property
     def in_transaction(self):
         return self.mail is not None
 

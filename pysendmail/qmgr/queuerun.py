@@ -49,6 +49,7 @@ class QueueRun:
         self._local_ipc = None   # is the local mailer LMTP (P=[IPC])? known on first use
         self.batch = None        # MaildirBatch of a run over several messages
         self._held = []          # (Attempt, lock fd) waiting for the batch's sync
+        self._spool = None       # the Spool, kept from pass to pass (its pool counts)
         logfmt.set_default(log)  # the delivery agents' messages go to the same log
 
     def say(self, text):
@@ -58,11 +59,20 @@ class QueueRun:
     # ----------------------------------------------------------------------------------
     def run(self, filters=(), force=True, include_held=False, runners=None):
         """One pass over the queue. Returns the number of messages handled. `runners`:
-        how many processes may share it (None: MaxRunnersPerQueue, else the CPUs)."""
+        how many processes may share it (None: MaxRunnersPerQueue, else the CPUs).
+        A QueueRun may make several passes (the service's lingering runner): what it
+        learnt (the cf's routes, the spool's pool) is kept from one to the next."""
         if os.path.isdir(self.layout.maildrop) and os.access(self.layout.queue, os.W_OK | os.X_OK):
             from .pickup import pickup_all
             pickup_all(self.layout, self.options, self.ident, self.log)
-        spool = Spool(self.layout.queue)
+        if self._spool is None:
+            self._spool = Spool(self.layout.queue)
+        spool = self._spool
+        self._listed.clear()
+        self._views.clear()             # the mailers as the cf says now
+        self._local_ipc = None
+        if self._route_ctx is not None:
+            self._route_ctx.refresh()
         now = int(time.time())
         if spool.sweep_due(now):
             for name in spool.sweep_orphans(now):
@@ -335,7 +345,8 @@ class QueueRun:
         from ..delivery.router import RouteContext, resolve, to_recipient
         from ..errors import AddressError, ConfigError
         ctx = self._route_ctx
-        if ctx is None:         # one per run: the cf is loaded and each address routed once
+        if ctx is None:         # one per QueueRun: the cf is loaded and each address routed
+            # once (a minute), also over the passes of the service's lingering runner
             ctx = self._route_ctx = RouteContext(
                 self.layout, self.options, self.ident,
                 lambda m: self.log.info(self._routing_qid, m))

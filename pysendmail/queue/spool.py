@@ -19,8 +19,8 @@ replaced), so two queue runs never deliver the same message. The lock dies
 with its process: `kill -9` frees it.
 
 Finished messages' files are recycled rather than unlinked: `remove()` moves them
-into `<spool>/pool/` (beside the queue, same file system, at most POOL_MAX kept), and
-`allocate()`, `take_file()` and `claim()` (a Maildir delivery) take one out. A recycled
+into `<spool>/pool/` (beside the queue, same file system; queue/pool.py), and
+`allocate()`, the SMTP daemon's control files and Maildir deliveries take one out. A recycled
 file keeps its bytes: its taker overwrites it from the start and cuts it to length, so
 its blocks are reused rather than freed and allocated again (freeing a block costs ten
 times a write over it here). The pool is the queue's own directory (0700), whose
@@ -41,6 +41,7 @@ import time
 
 from ..errors import EX_CANTCREAT, QueueError
 from . import qfile
+from .pool import FilePool
 
 QUEUE_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
 STATE_PREFIX = {"qf": "queued", "hf": "held", "tf": "incoming", "Qf": "lost"}
@@ -103,9 +104,6 @@ def write_durably(path, data, mode=0o600):
     fsync_dir(directory)
 
 
-POOL_MAX = 4096        # recycled files kept in <spool>/pool
-
-
 class Spool:
     """One spool directory. All paths and file operations on the queue go through here."""
 
@@ -113,218 +111,8 @@ class Spool:
         self.path = path
         self.use_pool = use_pool   # allocate() from the pool (long-running processes: the
         # SMTP workers; a one-shot command would pay a listing of the pool for one file)
-        self.pool = os.path.join(os.path.dirname(path.rstrip("/")) or ".", "pool")
-        self._pool_names = []      # names seen in the pool, not yet tried
-        self._pool_listed = 0.0    # when the pool was last listed
-        self._pool_seq = 0
-        self._pool_count = None    # files in the pool, counted once per process
-        self._pool_counted = 0.0   # when it was last counted
-
-    # -- the file pool -------------------------------------------------------------------
-    def take_file(self, path, check=True, keep=False):
-        """A file renamed from the pool to `path`, open O_RDWR at offset 0; None when
-        the pool has nothing usable (then the caller creates the file). `path` must not
-        exist (checked unless `check` is false: a name derived from a df we created).
-        It is emptied, unless `keep`: then it holds old bytes and the caller, which
-        overwrites it from the start, cuts it to its length when done (cut_to)."""
-        while True:
-            name = self._pool_name()
-            if name is None:
-                return None
-            src = os.path.join(self.pool, name)
-            if check and os.path.lexists(path):
-                return None
-            try:
-                os.rename(src, path)
-            except FileNotFoundError:
-                continue                    # another process took it
-            except OSError:
-                return None
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
-            except OSError:
-                self._unlink_quietly(path)
-                continue
-            st = os.fstat(fd)
-            if st.st_nlink != 1 or (st.st_mode & 0o170000) != 0o100000:
-                os.close(fd)
-                self._unlink_quietly(path)
-                continue
-            if st.st_uid != os.geteuid() and os.geteuid() != 0:
-                os.close(fd)                # not ours to reuse: back where it was
-                try:
-                    os.rename(path, src)
-                except OSError:
-                    self._unlink_quietly(path)
-                return None
-            if st.st_size and not keep:
-                os.ftruncate(fd, 0)
-            if st.st_mode & 0o777 != 0o600:
-                os.fchmod(fd, 0o600)
-            return fd
-
-    def recycle(self, path):
-        """Empty a finished file and keep it in the pool (or unlink it if the pool is full
-        or the file is not a plain one of ours). False when there was no such file."""
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            self._unlink_quietly(path)
-            return True
-        try:
-            st = os.fstat(fd)
-            ok = st.st_nlink == 1 and (st.st_mode & 0o170000) == 0o100000
-            if ok and self._pool_room():
-                # kept whole: emptying it would free its blocks, which the next writer
-                # would allocate again (ext4 pays for both); the taker overwrites it
-                # and cuts it to length. Made the pool's owner's first, then moved, so
-                # a taker never gets a file this process still changes.
-                owner = self._pool_owner()
-                if owner is not None and (st.st_uid, st.st_gid) != owner:
-                    os.fchown(fd, owner[0], owner[1])
-                self._pool_seq += 1
-                os.rename(path, os.path.join(self.pool, "%d.%d.%d" % (
-                    os.getpid(), int(time.time() * 1000) % 100000000, self._pool_seq)))
-                return True
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        self._unlink_quietly(path)
-        return True
-
-    def _pool_room(self):
-        if self._pool_count is None:
-            try:
-                self._pool_count = len(os.listdir(self.pool))
-            except FileNotFoundError:
-                try:
-                    os.mkdir(self.pool, 0o700)
-                    owner = self._pool_owner()
-                    if owner is not None and os.geteuid() == 0:
-                        os.chown(self.pool, owner[0], owner[1])
-                except OSError:
-                    return False
-                self._pool_count = 0
-            except OSError:
-                return False
-        if self._pool_count >= POOL_MAX:
-            # others take files out (SMTP workers, Maildir deliveries): count again,
-            # at most once a second
-            now = time.monotonic()
-            if now - self._pool_counted < 1.0:
-                return False
-            self._pool_counted = now
-            try:
-                self._pool_count = len(os.listdir(self.pool))
-            except OSError:
-                return False
-            if self._pool_count >= POOL_MAX:
-                return False
-        self._pool_count += 1
-        return True
-
-    def _pool_name(self):
-        """The next name offered in the pool (dot names are being worked on), from a
-        listing made at most once a second; None when there is none."""
-        if not self._pool_names:
-            now = time.monotonic()
-            if now - self._pool_listed < 1.0:
-                return None
-            self._pool_listed = now
-            try:
-                self._pool_names = [n for n in os.listdir(self.pool) if not n.startswith(".")]
-            except OSError:
-                return None
-            if not self._pool_names:
-                return None
-        return self._pool_names.pop()
-
-    def claim(self, uid, gid):
-        """An old file of the pool claimed for a Maildir delivery: renamed to a dot name
-        in the pool (no other taker sees it), made uid:gid's and 0600, still holding
-        its old bytes (the caller overwrites it and cuts it to length, which reuses its
-        blocks; emptying it first would free them). Returns (fd, token) or None.
-        place() moves it out, unclaim() gives it back."""
-        try:
-            pool_fd = os.open(self.pool, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            for _ in range(8):
-                src = self._pool_name()
-                if src is None:
-                    return None
-                self._pool_seq += 1
-                claimed = ".taken.%d.%d" % (os.getpid(), self._pool_seq)
-                try:
-                    os.rename(src, claimed, src_dir_fd=pool_fd, dst_dir_fd=pool_fd)
-                except OSError:
-                    continue                # another process took it
-                fd = None
-                try:
-                    fd = os.open(claimed, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 dir_fd=pool_fd)
-                    st = os.fstat(fd)
-                    if st.st_nlink != 1 or (st.st_mode & 0o170000) != 0o100000:
-                        os.close(fd)
-                        os.unlink(claimed, dir_fd=pool_fd)
-                        continue
-                    if (st.st_uid, st.st_gid) != (uid, gid):
-                        os.fchown(fd, uid, gid)
-                    if st.st_mode & 0o7777 != 0o600:
-                        os.fchmod(fd, 0o600)
-                    return fd, (claimed, src)
-                except OSError:
-                    if fd is not None:
-                        os.close(fd)
-                    self.unclaim((claimed, src))
-                    return None
-            return None
-        finally:
-            os.close(pool_fd)
-
-    def place(self, token, dir_fd, name):
-        """Move a claimed file to `name` in the directory `dir_fd` (same file system);
-        False when it cannot (EXDEV...)."""
-        try:
-            os.rename(os.path.join(self.pool, token[0]), name, dst_dir_fd=dir_fd)
-        except OSError:
-            return False
-        return True
-
-    def unclaim(self, token):
-        """Give a claimed file back to the pool (emptied: it may hold a message
-        meant for someone else by now)."""
-        path = os.path.join(self.pool, token[0])
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.ftruncate(fd, 0)
-            finally:
-                os.close(fd)
-            os.rename(path, os.path.join(self.pool, token[1]))
-        except OSError:
-            self._unlink_quietly(path)
-
-    @staticmethod
-    def cut_to(fd, length):
-        """End a file written from offset 0 at `length` (a reused one may be longer)."""
-        if os.fstat(fd).st_size > length:
-            os.ftruncate(fd, length)
-
-    def _pool_owner(self):
-        """Files in the pool belong to the queue directory's owner (the SMTP workers' user
-        when the daemon drops privileges), so that whoever writes the queue can reuse them."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_uid, st.st_gid
+        self.files = FilePool(path)     # finished files kept for reuse
+        self.pool = self.files.path
 
     @staticmethod
     def _unlink_quietly(path):
@@ -364,13 +152,13 @@ class Spool:
     def allocate(self, now=None):
         """Create a new, locked dfID. Returns (qid, fd) with the fd open for writing at
         offset 0; from the pool (use_pool) it may hold old bytes: the writer calls
-        cut_to(fd, length) when done."""
+        pool.cut_to(fd, length) when done."""
         now = int(now if now is not None else time.time())
         pid = os.getpid()
         seq = int.from_bytes(os.urandom(2), "big") % 3600
         for _ in range(3600):
             qid = make_qid(now, pid, seq)
-            fd = self.take_file(self.df(qid), keep=True) if self.use_pool else None
+            fd = self.files.take(self.df(qid), keep=True) if self.use_pool else None
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 return qid, fd
@@ -474,15 +262,15 @@ class Spool:
         which is harmless, never a qf without its body); its files go to the pool.
         `nrcpts`: its recipients, whose journals jfID.0.. are removed (else the
         directory is searched for them)."""
-        if not self.recycle(self.qf(qid)):
-            self.recycle(self.hf(qid))      # a held message has an hf instead
+        if not self.files.recycle(self.qf(qid)):
+            self.files.recycle(self.hf(qid))      # a held message has an hf instead
         if nrcpts is None:
             names = [n for n in os.listdir(self.path) if n.startswith("jf" + qid + ".")]
         else:
             names = ["jf%s.%d" % (qid, i) for i in range(nrcpts)]
         for name in names:
             self._unlink_quietly(os.path.join(self.path, name))
-        self.recycle(self.df(qid))
+        self.files.recycle(self.df(qid))
         # No directory sync: a removal lost in a power cut brings back the control file
         # as last saved; its recipients are tried again, and the agents' idempotence
         # (Maildir names, mbox journals) keeps mailbox deliveries from repeating.

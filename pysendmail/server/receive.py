@@ -23,6 +23,7 @@ from ..cleanup import headers as hdr
 from ..cleanup.collect import is_field_name
 from ..model import Envelope, Recipient
 from ..queue import qfile
+from ..queue.pool import cut_to
 from .access import relay_field
 
 
@@ -127,7 +128,7 @@ class Incoming:
             self._split(len(self.head), len(self.head))
         if self.body_size and self._tail != b"\n":
             self._body(b"\n")
-        self.spool.cut_to(self.fd, self.body_size)     # a recycled df may be longer
+        cut_to(self.fd, self.body_size)     # a recycled df may be longer
         now = int(now if now is not None else time.time())
         qid = self.qid
         single = recipients[0][0] if len(recipients) == 1 else None
@@ -159,7 +160,7 @@ class Incoming:
     def write_control(self, env):
         """Write the tf file (not synced); the committer renames it to qf."""
         tf = os.path.join(self.spool.path, "tf" + self.qid)
-        fd = self.spool.take_file(tf, check=False, keep=True)   # tfQID: ours, as dfQID
+        fd = self.spool.files.take(tf, check=False, keep=True)   # tfQID: ours, as dfQID
         if fd is None:
             fd = os.open(tf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         try:
@@ -168,7 +169,7 @@ class Incoming:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-            self.spool.cut_to(fd, len(data))    # a recycled file may be longer
+            cut_to(fd, len(data))    # a recycled file may be longer
         finally:
             os.close(fd)
         return tf

@@ -33,6 +33,7 @@ from .session_security import SecurityExchanges
 NEED_DATA = ev.NEED_DATA
 DATA_BLOCK = 1024
 READ_SIZE = 65536
+WAIT_INPUT = 65536      # octets kept from the client while an answer waits; then reading stops
 
 
 class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
@@ -111,7 +112,6 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
             self._process()
             return
         self.waiting = True
-        transport.pause_reading()
         asyncio.ensure_future(self._greet_later(addr, wait))
 
     async def _greet_later(self, addr, wait):
@@ -138,6 +138,10 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
         conn.receive_data(data)
         if not self.waiting:
             self._process()
+        elif conn.pending_input > WAIT_INPUT:
+            # An answer waits (a commit, a check, a name lookup): what a pipelining
+            # client sends meanwhile is kept, up to a bound (_resume reads on).
+            self.transport.pause_reading()
 
     def eof_received(self):
         if self.conn is not None:
@@ -430,7 +434,6 @@ class SMTPSession(SecurityExchanges, FilterAnswers, asyncio.Protocol):
         self.incoming = None
         fut = w.committer.submit(inc.qid, fd, tf, held=bool(env.hold_reason))
         self.waiting = True
-        self.transport.pause_reading()
         fut.add_done_callback(lambda f: self._committed(f, env, facts, event))
         return None
 

@@ -24,9 +24,8 @@ class FilterAnswers:
 
     def _later(self, awaitable, finish, event):
         """Answer `event` when `awaitable` is done: finish(its result) gives the Reply (or
-        None when it started another wait, as the commit). Reading stops meanwhile."""
+        None when it started another wait, as the commit). Input is only kept meanwhile."""
         self.waiting = True
-        self.transport.pause_reading()
         task = asyncio.ensure_future(awaitable)
         task.add_done_callback(lambda t: self._later_done(t, finish, event))
         return None
