@@ -491,7 +491,7 @@ def test_pool_takers_walk_the_pool_in_orders_of_their_own(tmp_path, monkeypatch)
     pool in different orders, so they seldom reach for the same file."""
     spool = Spool(str(tmp_path / "queue"), use_pool=True)
     os.makedirs(spool.path, 0o700)
-    for i in range(64):
+    for i in range(128):
         _pool_file(spool, "1.1.%d" % i, b"")
     orders = []
     for pid in (4242, 4243):
@@ -500,6 +500,26 @@ def test_pool_takers_walk_the_pool_in_orders_of_their_own(tmp_path, monkeypatch)
         orders.append([files._next_name() for _ in range(8)])
     assert orders[0] != orders[1]
     assert len(set(orders[0]) & set(orders[1])) < 8
+    # shared out (worker k of 2): each takes only its own half while that is well
+    # stocked (32 or more), and all of the pool when it is not
+    takes = []
+    for k in (0, 1):
+        files = poolmod.FilePool(spool.path)
+        files.share = (k, 2)
+        takes.append(set(files._names or [files._next_name()] + files._names))
+    assert takes[0] | takes[1] == set(os.listdir(spool.pool))
+    assert all(hash(n) % 2 == k for k in (0, 1) for n in takes[k])
+    # a listing that ran out is made again at once while the pool was well stocked,
+    # a second later when it was not
+    files = poolmod.FilePool(spool.path)
+    assert None not in [files._next_name() for _ in range(129)]
+    for name in sorted(os.listdir(spool.pool))[24:]:
+        os.unlink(os.path.join(spool.pool, name))
+    files = poolmod.FilePool(spool.path)
+    files.share = (0, 2)
+    assert len([files._next_name()] + files._names) == 24
+    assert None not in [files._next_name() for _ in range(23)]
+    assert files._next_name() is None
 
 
 def test_maildir_file_from_the_pool_never_shows_old_bytes(tmp_path):

@@ -232,6 +232,7 @@ class SMTPMaster:
                     s.close()                 # an older generation's port
             gen.limits.worker = index
             w = self._build((gen.options, gen.ident, gen.specs, gen.limits, gen.user))
+            w.spool.files.share = (index, gen.count)    # the file pool shared out
             from ..server.worker import drop_privileges
             drop_privileges(gen.uid, gen.gid)
             _raise_nofile()

@@ -8,12 +8,17 @@ are reused rather than freed and allocated again, and no inode is allocated (see
 queue/spool.py for why both are dear on ext4). A file taken from the pool is checked
 like a new one: regular, one link, ours.
 
-Several processes take from the pool at once (the SMTP workers, Maildir deliveries).
-Each lists it at most once a second and walks its listing in an order of its own
-(sorted by a per-process mix of the names' hashes), so two takers seldom reach for
-the same name; a name another process took first costs one failed rename. A taker
-that must not replace an existing file renames with RENAME_NOREPLACE (renameat2),
-one call where a check and a rename were two.
+Several processes take from the pool at once (the SMTP workers, Maildir deliveries),
+each from a listing of its own; a name another process took first costs a failed
+rename. So that this stays rare at thousands of takes a second:
+- the SMTP workers share the pool out (`share`: worker k of n takes the names whose
+  hash is k modulo n; the workers are forked from one process, so they agree on str
+  hashes), and the others' too only when its own share runs short;
+- each walks its listing in an order of its own (a per-process mix of the hashes);
+- a listing is made again as soon as one runs out, unless the last one found fewer
+  than RELIST names: then at most once a second.
+A taker that must not replace an existing file renames with RENAME_NOREPLACE
+(renameat2), one call where a check and a rename were two.
 
 Imports only os/time: submission goes through here.
 """
@@ -21,6 +26,7 @@ import os
 import time
 
 POOL_MAX = 4096        # recycled files kept
+RELIST = 32            # a listing with fewer names: the next one waits a second
 
 _noreplace = None
 
@@ -75,11 +81,14 @@ class FilePool:
         self._counted = 0.0     # when it was last counted
         self._owner = None      # (uid, gid) the pool's files get, or False
         self._owner_seen = 0.0
+        self._found = 0         # names the last listing found
+        self.share = None       # (k, n): this process is taker k of n (the SMTP workers)
 
     def forget(self):
         """Forget the last listing (the next take lists the pool again)."""
         self._names = []
         self._listed = 0.0
+        self._found = 0
 
     # -- taking --------------------------------------------------------------------------
     def take(self, path, check=True, keep=False):
@@ -130,19 +139,26 @@ class FilePool:
         listing made at most once a second; None when there is none."""
         if not self._names:
             now = time.monotonic()
-            if now - self._listed < 1.0:
+            if self._found < RELIST and now - self._listed < 1.0:
                 return None
             self._listed = now
             try:
                 names = [n for n in os.listdir(self.path) if not n.startswith(".")]
             except OSError:
-                return None
+                names = []
+            self._found = len(names)
             if not names:
                 return None
-            # An order of this process's own: hash() of a str is seeded per interpreter,
-            # and the pid tells apart the workers forked from one.
+            # An order of this process's own (popped from the end: its share last):
+            # hash() of a str is seeded per interpreter, the pid tells apart the
+            # workers forked from one.
             mix = (os.getpid() * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-            names.sort(key=lambda n: hash(n) ^ mix)
+            if self.share is not None:
+                k, n = self.share
+                own = [name for name in names if hash(name) % n == k]
+                if len(own) >= RELIST:
+                    names = own     # the others' would mostly be gone by their turn
+            names.sort(key=lambda name: hash(name) ^ mix)
             self._names = names
         return self._names.pop()
 
