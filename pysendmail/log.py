@@ -179,6 +179,7 @@ class Logger:
         self._sock_pid = None
         self._stream = False
         self._held_fd = None   # keep_open(): the log file opened once, before a privilege drop
+        self._no_syslog_until = 0.0
 
     # -- the level methods ------------------------------------------------
 
@@ -229,11 +230,19 @@ class Logger:
         return line.encode("utf-8", "surrogateescape")
 
     def _syslog_available(self):
+        """Is there a syslog socket? A "no" is trusted for a second (a process with no
+        syslog, as a private instance's, would otherwise look for it at every line)."""
+        now = time.monotonic()
+        if now < self._no_syslog_until:
+            return False
         try:
             mode = os.stat(self.syslog_socket).st_mode
         except OSError:
-            return False
-        return mode & _S_IFMT == _S_IFSOCK
+            mode = 0
+        if mode & _S_IFMT == _S_IFSOCK:
+            return True
+        self._no_syslog_until = now + 1.0
+        return False
 
     def _connect(self):
         import _socket

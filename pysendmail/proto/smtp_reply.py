@@ -64,6 +64,18 @@ class Reply:
 
     def to_bytes(self, enhanced=True):
         """The wire form; enhanced=False leaves the RFC 3463 code out."""
+        text = self.text
+        if type(text) is str:           # one line, the usual case: straight through
+            if self.enhanced and enhanced:
+                head = ("%d %s " % (self.code, self.enhanced)).encode("ascii", "replace")
+            else:
+                head = b"%d " % self.code
+            if "\r" in text or "\n" in text:
+                text = text.replace("\r", " ").replace("\n", " ")
+            body = text.encode("utf-8", "surrogateescape")
+            if len(head) + len(body) > MAX_REPLY_LINE - 2:
+                body = _cut(body, MAX_REPLY_LINE - 2 - len(head))
+            return head + body + b"\r\n"
         out = []
         lines = self.lines
         last = len(lines) - 1

@@ -130,6 +130,7 @@ class Policy:
             self.ctx._rules = None
             self.ctx._routes = {}
         rules = self.rules = self.ctx.rules
+        self._defined = None            # the session macros last put in rules.macros
         rulesets = rules.cf.rulesets
         self.has = {}
         for name in ("check_relay", "check_mail", "check_rcpt"):
@@ -206,9 +207,12 @@ class Policy:
                 values[name] = (client.tls or {}).get(name)
             cached = (key, {k: str(v) for k, v in values.items() if v is not None})
             client.cache["macros"] = cached
+        if self._defined is cached[1]:
+            return                      # the same session in the same state as last time
         for name in SESSION_MACROS:
             m.pop(name, None)
         m.update(cached[1])
+        self._defined = cached[1]
 
     def define_triple(self, prefix, p):
         m = self.rules.macros
