@@ -23,6 +23,8 @@ import time
 from ..errors import EX_OK, EX_OSERR, EX_TEMPFAIL, MTAError
 
 RUNNER_LINGER = 5.0     # seconds a queue runner woken by submissions waits for more
+RUNNER_GAP = 0.05       # seconds at least from the start of one pass to the next: under a
+# stream of SMTP commits (a wake-up each), a pass takes what came meanwhile together
 
 
 def _interval(inv, options):
@@ -174,12 +176,16 @@ class Service:
                 profiler.enable()
             qrun = QueueRun(self.layout, self.options, self.ident, self.log)
             while True:
+                started = time.monotonic()
                 qrun.run(force=False, runners=runners)
                 if r is None:
                     break
                 ready, _, _ = select.select([r], [], [], RUNNER_LINGER)
                 if not ready or not os.read(r, 4096):
                     break               # nothing more to do, or the service closed the pipe
+                pause = started + RUNNER_GAP - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
         except BaseException as e:
             self.log.err(None, "queue run failed: %r" % (e,))
             status = 1

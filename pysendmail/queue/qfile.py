@@ -31,25 +31,29 @@ _SAFE_BYTES = bytes(sorted(_SAFE))
 def xtext(value):
     """Encode a str (or bytes) as xtext."""
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
-    if not raw.translate(None, _SAFE_BYTES):        # nothing left once safe bytes go
+    unsafe = raw.translate(None, _SAFE_BYTES)       # what is left once safe bytes go
+    if not unsafe:
         return raw.decode("ascii")
-    return "".join(chr(b) if b in _SAFE else "+%02X" % b for b in raw)
+    # one replace per distinct unsafe byte ("+" first: the others bring in "+")
+    if 0x2B in unsafe:
+        raw = raw.replace(b"+", b"+2B")
+    for b in set(unsafe):
+        if b != 0x2B:
+            raw = raw.replace(bytes((b,)), b"+%02X" % b)
+    return raw.decode("ascii")
 
 
 def unxtext(text):
     if "+" not in text:
         return text
-    out = bytearray()
-    raw = text.encode("ascii")
-    i = 0
-    while i < len(raw):
-        c = raw[i]
-        if c == 0x2B and i + 2 < len(raw) + 1:
-            out.append(int(raw[i + 1:i + 3], 16))
-            i += 3
-        else:
-            out.append(c)
-            i += 1
+    parts = text.encode("ascii").split(b"+")
+    out = bytearray(parts[0])
+    for part in parts[1:]:
+        try:
+            out.append(int(part[:2], 16))
+            out += part[2:]
+        except ValueError:              # not a +HH: kept as it stands
+            out += b"+" + part
     return out.decode("utf-8", "surrogateescape")
 
 

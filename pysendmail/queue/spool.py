@@ -111,6 +111,7 @@ class Spool:
         self.path = path
         self.use_pool = use_pool   # allocate() from the pool (long-running processes: the
         # SMTP workers; a one-shot command would pay a listing of the pool for one file)
+        self._dir = os.path.join(path, "")      # "path/": the files' names go after it
         self.files = FilePool(path)     # finished files kept for reuse
         self.pool = self.files.path
 
@@ -123,13 +124,13 @@ class Spool:
 
     # -- paths ---------------------------------------------------------------------------
     def df(self, qid):
-        return os.path.join(self.path, "df" + qid)
+        return self._dir + "df" + qid
 
     def qf(self, qid):
-        return os.path.join(self.path, "qf" + qid)
+        return self._dir + "qf" + qid
 
     def hf(self, qid):
-        return os.path.join(self.path, "hf" + qid)
+        return self._dir + "hf" + qid
 
     def control_path(self, qid):
         """The qf or hf file of `qid`, whichever exists (None if neither)."""
