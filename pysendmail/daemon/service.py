@@ -277,7 +277,6 @@ class Service:
             conn.close()
             return
         status = 0
-        profiler = None
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):

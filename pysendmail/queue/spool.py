@@ -20,15 +20,15 @@ with its process: `kill -9` frees it.
 
 Finished messages' files are recycled rather than unlinked: `remove()` moves them
 into `<spool>/pool/` (beside the queue, same file system; queue/pool.py), and
-`allocate()`, the SMTP daemon's control files and Maildir deliveries take one out. A recycled
-file keeps its bytes: its taker overwrites it from the start and cuts it to length, so
-its blocks are reused rather than freed and allocated again (freeing a block costs ten
-times a write over it here). The pool is the queue's own directory (0700), whose
-owner may read the queue anyway. Creating a file costs an inode
-allocation, and on ext4 without a journal (this project's test machine) the allocator
-skips every inode freed in the last minutes, so a busy queue that deletes a message
-per message makes each creation slower; a rename costs neither. A recycled file is
-checked like a new one (regular, one link, ours).
+`allocate()`, the SMTP daemon's control files and Maildir deliveries take one out.
+A recycled file keeps its bytes: its taker overwrites it from the start and cuts it
+to length, so its blocks are reused rather than freed and allocated again (freeing a
+block costs ten times a write over it here). The pool belongs to the queue's owner
+(0700), who may read the queue anyway. Creating a file costs an inode allocation, and
+on ext4 without a journal (this project's test machine) the allocator skips every
+inode freed in the last minutes, so a busy queue that deletes a message per message
+makes each creation slower; a rename costs neither. A recycled file is checked like
+a new one (regular, one link, ours).
 
 A message that cannot be queued gives EX_CANTCREAT (73), never EX_TEMPFAIL: PHP's
 mail() takes 75 for "queued, will retry", which would lose the message silently.
