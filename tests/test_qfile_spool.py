@@ -325,6 +325,24 @@ def test_lock_does_not_follow_a_symlinked_df(tmp_path):
         assert fd is None, "lock() followed a symlinked df"
 
 
+def test_load_does_not_read_through_a_symlinked_qf(tmp_path):
+    """A control file that is a link is refused as unreadable (a queue run sets it
+    aside), never read through."""
+    spool = Spool(str(tmp_path / "q"))
+    spool.ensure()
+    qid, fd = spool.allocate()
+    os.write(fd, b"body\n")
+    spool.commit(_env(qid), fd)
+    os.close(fd)
+    target = tmp_path / "elsewhere"
+    os.rename(spool.qf(qid), target)
+    os.symlink(target, spool.qf(qid))
+    with pytest.raises(qfile.FormatError):
+        spool.load(qid)
+    with pytest.raises(qfile.FormatError):
+        spool.load_stamped(qid)
+
+
 # ---- hold, release, set aside, remove ----------------------------------------------------------
 
 def _queued(tmp_path):

@@ -35,13 +35,13 @@ mail() takes 75 for "queued, will retry", which would lose the message silently.
 
 Imports only os/fcntl/time: submission goes through here on every message.
 """
+import errno
 import fcntl
 import os
 import time
 
 from ..errors import EX_CANTCREAT, QueueError
 from . import qfile
-from .pool import FilePool
 
 QUEUE_ID_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx"
 STATE_PREFIX = {"qf": "queued", "hf": "held", "tf": "incoming", "Qf": "lost"}
@@ -112,15 +112,20 @@ class Spool:
         self.use_pool = use_pool   # allocate() from the pool (long-running processes: the
         # SMTP workers; a one-shot command would pay a listing of the pool for one file)
         self._dir = os.path.join(path, "")      # "path/": the files' names go after it
-        self.files = FilePool(path)     # finished files kept for reuse
-        self.pool = self.files.path
+        self._files = None
 
-    @staticmethod
-    def _unlink_quietly(path):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    @property
+    def files(self):
+        """The FilePool beside this queue (queue/pool.py), made on first use: a
+        submission (cron, PHP) never recycles a file, so it does not import it."""
+        if self._files is None:
+            from .pool import FilePool
+            self._files = FilePool(self.path)
+        return self._files
+
+    @property
+    def pool(self):
+        return self.files.path
 
     # -- paths ---------------------------------------------------------------------------
     def df(self, qid):
@@ -229,6 +234,10 @@ class Spool:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                if e.errno == errno.ELOOP:      # never read through a link in the queue
+                    raise qfile.FormatError("%s is a symbolic link" % path)
+                raise
             try:
                 st = os.fstat(fd)
                 chunks = []
@@ -269,14 +278,7 @@ class Spool:
 
     def load(self, qid):
         """The Envelope of `qid` (from qf or hf). Raises FileNotFoundError or qfile.FormatError."""
-        path = self.control_path(qid)
-        if path is None:
-            raise FileNotFoundError(self.qf(qid))
-        with open(path, "rb") as f:
-            env = qfile.loads(f.read())
-        if path == self.hf(qid) and not env.hold_reason:
-            env.hold_reason = "held"
-        return env
+        return self.load_stamped(qid)[0]
 
     def remove(self, qid, nrcpts=None):
         """Forget a finished message: control file first (so a crash leaves an orphan df,
@@ -290,7 +292,10 @@ class Spool:
         else:
             names = ["jf%s.%d" % (qid, i) for i in range(nrcpts)]
         for name in names:
-            self._unlink_quietly(os.path.join(self.path, name))
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except OSError:
+                pass
         self.files.recycle(self.df(qid))
         # No directory sync: a removal lost in a power cut brings back the control file
         # as last saved; its recipients are tried again, and the agents' idempotence
