@@ -65,31 +65,25 @@ class Reply:
     def to_bytes(self, enhanced=True):
         """The wire form; enhanced=False leaves the RFC 3463 code out."""
         text = self.text
-        if type(text) is str:           # one line, the usual case: straight through
-            if self.enhanced and enhanced:
-                head = ("%d %s " % (self.code, self.enhanced)).encode("ascii", "replace")
-            else:
-                head = b"%d " % self.code
-            if "\r" in text or "\n" in text:
-                text = text.replace("\r", " ").replace("\n", " ")
-            body = text.encode("utf-8", "surrogateescape")
-            if len(head) + len(body) > MAX_REPLY_LINE - 2:
-                body = _cut(body, MAX_REPLY_LINE - 2 - len(head))
-            return head + body + b"\r\n"
-        out = []
+        if type(text) is str:           # one line, the usual case
+            return self._line(" ", text, enhanced)
         lines = self.lines
         last = len(lines) - 1
-        for i, line in enumerate(lines):
-            # A reply line never carries a line break of its own.
-            line = str(line).replace("\r", " ").replace("\n", " ")
-            sep = " " if i == last else "-"
-            if self.enhanced and enhanced:
-                head = ("%d%s%s " % (self.code, sep, self.enhanced)).encode("ascii", "replace")
-            else:
-                head = b"%d%s" % (self.code, sep.encode())
-            body = line.encode("utf-8", "surrogateescape")
-            out.append(head + _cut(body, MAX_REPLY_LINE - 2 - len(head)) + b"\r\n")
-        return b"".join(out)
+        return b"".join(self._line(" " if i == last else "-", str(line), enhanced)
+                        for i, line in enumerate(lines))
+
+    def _line(self, sep, text, enhanced):
+        """One reply line: code, separator ("-" or " "), enhanced code, text, CRLF."""
+        if self.enhanced and enhanced:
+            head = ("%d%s%s " % (self.code, sep, self.enhanced)).encode("ascii", "replace")
+        else:
+            head = b"%d%s" % (self.code, sep.encode())
+        if "\r" in text or "\n" in text:  # a reply line never carries a line break of its own
+            text = text.replace("\r", " ").replace("\n", " ")
+        body = text.encode("utf-8", "surrogateescape")
+        if len(head) + len(body) > MAX_REPLY_LINE - 2:
+            body = _cut(body, MAX_REPLY_LINE - 2 - len(head))
+        return head + body + b"\r\n"
 
     def __str__(self):
         return self.to_bytes().decode("utf-8", "replace").rstrip("\r\n")
