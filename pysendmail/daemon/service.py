@@ -158,7 +158,6 @@ class Service:
                 self.runner_pipe = w
             return
         status = 0
-        profiler = None
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
@@ -169,30 +168,23 @@ class Service:
             # One process unless MaxRunnersPerQueue says more: the service's runs share
             # the CPUs with the SMTP workers, whose accepting comes first.
             runners = None if self.options.get("MaxRunnersPerQueue") else 1
-            profile_dir = os.environ.get("PYSENDMAIL_PROFILE_DIR")    # bench/: where time goes
-            if profile_dir:
-                import cProfile
-                profiler = cProfile.Profile()
-                profiler.enable()
+            from ..profiling import profiled
             qrun = QueueRun(self.layout, self.options, self.ident, self.log)
-            while True:
-                started = time.monotonic()
-                qrun.run(force=False, runners=runners)
-                if r is None:
-                    break
-                ready, _, _ = select.select([r], [], [], RUNNER_LINGER)
-                if not ready or not os.read(r, 4096):
-                    break               # nothing more to do, or the service closed the pipe
-                pause = started + RUNNER_GAP - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
+            with profiled("runner"):
+                while True:
+                    started = time.monotonic()
+                    qrun.run(force=False, runners=runners)
+                    if r is None:
+                        break
+                    ready, _, _ = select.select([r], [], [], RUNNER_LINGER)
+                    if not ready or not os.read(r, 4096):
+                        break           # nothing more to do, or the service closed the pipe
+                    pause = started + RUNNER_GAP - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
         except BaseException as e:
             self.log.err(None, "queue run failed: %r" % (e,))
             status = 1
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(os.path.join(os.environ["PYSENDMAIL_PROFILE_DIR"],
-                                             "runner-%d.prof" % os.getpid()))
         os._exit(status)
 
     def _release_runner(self):

@@ -224,19 +224,12 @@ class Worker:
         loop.add_signal_handler(signal.SIGINT, self.stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         loop.call_later(SWEEP_EVERY, self._sweep)
-        profile_dir = os.environ.get("PYSENDMAIL_PROFILE_DIR")    # bench/: where time goes
-        profiler = None
-        if profile_dir:
-            import cProfile
-            profiler = cProfile.Profile()
-            profiler.enable()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(os.path.join(profile_dir, "worker-%d.prof" % os.getpid()))
+        from ..profiling import profiled
+        with profiled("worker"):
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
 
     def _sweep(self):
         now = time.monotonic()
